@@ -5,7 +5,14 @@ from collections import Counter
 
 import pytest
 
-from deltaprompt import Example, few_shot_split, from_hf_dataset, load_examples, load_task, sample_per_class
+from deltaprompt import (
+    Example,
+    few_shot_split,
+    from_hf_dataset,
+    load_examples,
+    load_task,
+    sample_per_class,
+)
 from deltaprompt.data import bbc_news_examples
 
 from .conftest import has_package

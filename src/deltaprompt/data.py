@@ -17,7 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA_DIR = Path("../shared/data")
+# Benchmark data sits beside the checkout: ../shared/data from the repository root.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def default_data_dir() -> Path:
+    """``DELTAPROMPT_DATA`` if set; else ``../shared/data`` from the working directory if it
+    exists; else ``../shared/data`` from the checkout this package runs from (editable installs)."""
+    if os.environ.get("DELTAPROMPT_DATA"):
+        return Path(os.environ["DELTAPROMPT_DATA"])
+    here = Path("../shared/data")
+    return here if here.is_dir() else _CHECKOUT.parent / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -185,11 +195,10 @@ class Task:
 
 
 def load_task(task: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Task:
-    """Open a task by folder path, or by name under ``data_dir`` (default ``../shared/data``,
-    or the ``DELTAPROMPT_DATA`` environment variable)."""
+    """Open a task by folder path, or by name under ``data_dir`` (default: ``default_data_dir()``)."""
     path = Path(task)
     if not (path / "labels.json").is_file():
-        root = Path(data_dir or os.environ.get("DELTAPROMPT_DATA") or DEFAULT_DATA_DIR)
+        root = Path(data_dir) if data_dir else default_data_dir()
         path = root / str(task)
     labels_file = path / "labels.json"
     if not labels_file.is_file():

@@ -1,0 +1,231 @@
+"""Helpers shared by the benchmark scripts (not part of the library).
+
+Scripts run as ``.venv/bin/python benchmarks/<name>.py``; Python then puts this folder on
+``sys.path``, so they import this module as ``_common``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+def default_data_dir() -> Path:
+    """``DELTAPROMPT_DATA`` if set, else ``../shared/data`` next to the repository root."""
+    from deltaprompt.data import default_data_dir as library_default
+
+    return library_default()
+
+
+def require_task(data_dir: Path, task: str = "sst2") -> Path:
+    """The task folder, or a clean exit (code 0, nothing written) when the data is absent."""
+    folder = Path(data_dir) / task
+    if not (folder / "labels.json").is_file():
+        print(
+            f"benchmark data not found: {folder} (expected {folder / 'labels.json'}).\n"
+            "Point --data-dir (or the DELTAPROMPT_DATA environment variable) at the folder "
+            f"holding {task}/. Nothing was measured and no results were written."
+        )
+        sys.exit(0)
+    return folder
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ----------------------------------------------------------------------------- timing
+
+def time_runs(function: Callable[[], Any], repeats: int, label: str = "") -> tuple[list[float], Any]:
+    """Call ``function`` ``repeats`` times; wall-clock seconds of each call and the last result.
+
+    The previous run's result is dropped and garbage collected before each run (untimed), so a
+    run does not pay for collecting its predecessor's objects. The collector stays enabled.
+    """
+    times: list[float] = []
+    result = None
+    for r in range(repeats):
+        result = None
+        gc.collect()
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+        if label:
+            log(f"  {label}: run {r + 1}/{repeats}: {times[-1]:.3f} s")
+    return times, result
+
+
+def time_interleaved(
+    functions: dict[str, Callable[[], Any]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Like ``time_runs`` for several functions, alternating them run by run (A, B, A, B...)
+    so that a slow spell of the machine hits all of them rather than one."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    results: dict[str, Any] = dict.fromkeys(functions)
+    for r in range(repeats):
+        for name, function in functions.items():
+            results[name] = None
+            gc.collect()
+            start = time.perf_counter()
+            results[name] = function()
+            times[name].append(time.perf_counter() - start)
+            log(f"  {name}: run {r + 1}/{repeats}: {times[name][-1]:.3f} s")
+    return times, results
+
+
+def summarise(times: Sequence[float], count: int) -> dict[str, Any]:
+    """Seconds per run and examples/s, from the best (fastest) and the median run."""
+    best, median = min(times), statistics.median(times)
+    return {
+        "runs_s": [round(t, 6) for t in times],
+        "best_s": round(best, 6),
+        "median_s": round(median, 6),
+        "examples": count,
+        "examples_per_s_best": round(count / best, 2),
+        "examples_per_s_median": round(count / median, 2),
+    }
+
+
+# ----------------------------------------------------------------------------- machine info
+
+def git_commit() -> str | None:
+    """``git rev-parse HEAD``, or None (no git, not a repository, or no commit yet)."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    if done.returncode != 0 or len(commit) != 40:
+        return None
+    return commit + ("-dirty" if git_modified() else "")
+
+
+def git_modified() -> list[str]:
+    """Tracked files with uncommitted changes (the measured code is the working tree)."""
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if done.returncode != 0:
+        return []
+    return [line[3:] for line in done.stdout.splitlines() if line.strip()]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages: other work on the machine skews timings."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        import tokenizers
+
+        tokenizers_version = tokenizers.__version__
+    except ImportError:
+        tokenizers_version = None
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers_version,
+        "git_commit": git_commit(),
+        "git_modified_files": git_modified(),
+        "loadavg_at_start": load_average(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    return (
+        f"{info['cpu_model']}, {info['cpus_usable']} usable CPUs (of {info['cpu_count']}), "
+        f"torch {info['torch']} with {info['torch_threads']} threads, transformers "
+        f"{info['transformers']}, Python {info['python']}, commit {info['git_commit'] or 'n/a'}, "
+        f"{info['date_utc']}, load average at start {info.get('loadavg_at_start')}"
+        + (f", at end {info['loadavg_at_end']}" if info.get("loadavg_at_end") else "")
+    )
+
+
+# ----------------------------------------------------------------------------- output
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600 files
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(out_dir: Path, name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    atomic_write(json_path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(md_path, markdown)
+    return json_path, md_path
+
+
+def mark(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
