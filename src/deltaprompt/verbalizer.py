@@ -34,14 +34,6 @@ class LabelWords:
     token_ids: tuple[tuple[int, ...], ...]
     word_class: torch.Tensor  # (num_words,) class index of each word
 
-    @property
-    def max_tokens(self) -> int:
-        return max(len(ids) for ids in self.token_ids)
-
-    @property
-    def first_token_rows(self) -> torch.Tensor:
-        return torch.tensor([ids[0] for ids in self.token_ids], dtype=torch.long)
-
 
 class Verbalizer:
     """Manual verbalizer: label words per class.
@@ -89,9 +81,6 @@ class Verbalizer:
     def __repr__(self) -> str:
         words = "; ".join(f"{c}: {', '.join(w)}" for c, w in self.label_words.items())
         return f"Verbalizer({words!r}, aggregation={self.aggregation!r}, multi_token={self.multi_token!r})"
-
-    def to_dict(self) -> dict[str, list[str]]:
-        return {c: list(w) for c, w in self.label_words.items()}
 
     def bind(
         self, tokenizer: PreTrainedTokenizerBase, prefix: str = " ", family: str = "masked"
