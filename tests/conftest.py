@@ -155,3 +155,16 @@ TOKENIZER_OF = {
 def any_tiny_plm(request) -> PLM:
     """Each family in turn: BERT, RoBERTa (masked), GPT-2, Llama (causal), T5 (seq2seq)."""
     return tiny_plm(request.param, request.getfixturevalue(TOKENIZER_OF[request.param]))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request):
+    """Tiny models are dominated by per-op overhead, where extra threads only contend (and a
+    busy machine makes them crawl); integration tests with real models keep all threads."""
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

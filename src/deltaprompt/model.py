@@ -2,22 +2,27 @@
 
 examples --encode--> Encodings --collate--> batch of tensors --forward--> class log-probs
 
-Soft tokens of the template live here as one embedding table, placed at their positions in
-the input (anywhere in the text, not only in front). Training (later) optimises this module;
-inference wraps it in ``PromptClassifier``.
+Soft tokens of the template live here as one embedding table (``SoftPrompt``), placed at
+their positions in the input (anywhere in the text, not only in front). ``TaskModel`` is what
+every trainable classifier shares (this one and the classic head model in ``head.py``): the
+hooks delta methods use, and the bookkeeping of which parameters train at which rate.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from .artifacts import fingerprint
 from .data import Example
+from .delta import MethodSpec, apply_methods, make_methods
 from .plm import PLM
 from .scoring import causal_word_scores, masked_span_scores, masked_word_scores, seq2seq_word_scores
 from .template import Template
@@ -26,13 +31,206 @@ from .verbalizer import LabelWords, Verbalizer
 
 logger = logging.getLogger(__name__)
 Batch = dict[str, Any]
+Role = Literal["soft", "delta", "head", "plm"]
+ROLES: tuple[Role, ...] = ("soft", "delta", "head", "plm")
+InputTransform = Callable[[dict[str, Any], Batch], dict[str, Any]]
 
 
-class PromptModel(nn.Module):
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's CPU generator seeded, restoring it afterwards: the random
+    initial values of soft prompts, heads and delta modules then depend on ``seed`` alone, not
+    on what ran before (same seed, same model, in any process)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def soft_table(model: nn.Module, init_ids: Sequence[int | None], warn: bool = True) -> torch.Tensor | None:
+    """Initial soft-token vectors: the embedding of each init token, or normal noise at the
+    embedding matrix's scale where there is none (None when there are no soft tokens)."""
+    if not init_ids:
+        return None
+    embed = model.get_input_embeddings()
+    table = torch.empty(len(init_ids), embed.weight.size(1), dtype=embed.weight.dtype)
+    std = float(embed.weight.detach().float().std())
+    with torch.no_grad():
+        for i, token in enumerate(init_ids):
+            if token is None:
+                table[i].normal_(0.0, std)
+            else:
+                # Through the module, so models that scale their embeddings stay exact.
+                table[i] = embed(torch.tensor([token], device=embed.weight.device))[0].cpu()
+    if warn and any(token is None for token in init_ids):
+        warnings.warn(
+            "the template has randomly initialised soft tokens; until they are trained, "
+            "predictions depend on random vectors",
+            stacklevel=3,
+        )
+    return table.to(embed.weight.device)
+
+
+class SoftPrompt(nn.Module):
+    """The soft tokens' vectors, one row each. A module rather than a bare parameter so a
+    delta method can put a network in its place (P-Tuning's prompt encoder) and fold it back."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(table)
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+
+class TaskModel(nn.Module):
+    """What the trainer, the artifacts and the delta methods rely on, whatever the task head.
+
+    Subclasses provide ``encode`` / ``collate`` / ``length`` / ``forward`` (batch -> (B, C)
+    class log-probabilities) and ``classes``. Delta methods change the PLM in place, append to
+    ``input_transforms`` (functions ``(model_inputs, batch) -> model_inputs`` run just before
+    every call of the PLM, e.g. to add prefix keys/values) and ``claim`` the parameters they add,
+    so the optimiser gives each its role's learning rate.
+    """
+
+    soft_prompt: nn.Module | None
+
+    def __init__(self, plm: PLM):
+        super().__init__()
+        self.plm = plm
+        self.model = plm.model
+        self.base_fingerprint = fingerprint(plm.model)  # before any method changes the PLM
+        self.soft_prompt = None
+        self.input_transforms: list[InputTransform] = []
+        self.methods: list[Any] = []  # the DeltaMethod objects applied, in order
+        self.methods_applied = False  # True once the PLM is frozen for delta tuning (even with none)
+        self._claims: dict[int, tuple[Role, float | None]] = {}
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return self.plm.device
+
+    @property
+    def family(self) -> str:
+        return self.plm.family
+
+    def claim(self, parameters: Iterable[nn.Parameter], role: Role, lr: float | None = None) -> None:
+        """Record that ``parameters`` train with ``role``'s learning rate (or ``lr``)."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        for parameter in parameters:
+            self._claims[id(parameter)] = (role, lr)
+
+    def role_of(self, name: str, parameter: nn.Parameter) -> tuple[Role, float | None]:
+        """A parameter's role and its own learning rate (None: the trainer's for the role).
+        Unclaimed: soft-prompt and head parameters by their place, everything else the PLM's."""
+        if id(parameter) in self._claims:
+            return self._claims[id(parameter)]
+        if name.startswith("soft_prompt."):
+            return "soft", None
+        if name.startswith("head."):
+            return "head", None
+        return "plm", None
+
+    def setup_methods(self, methods: Sequence[Any] | None) -> None:
+        """Apply delta methods (already built, template rewritten); None leaves the PLM as is."""
+        if methods is not None:
+            apply_methods(self, methods)
+            self.methods_applied = True
+
+    def fold(self) -> bool:
+        """Put every method in its inference form (see ``DeltaMethod.fold``)."""
+        return any([method.fold(self) for method in self.methods])
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def trained_state(self) -> dict[str, nn.Parameter]:
+        """What a saved classifier stores: the trainable parameters once delta methods are
+        applied; before that (zero-shot), only the task model's own soft prompt and head."""
+        if self.methods_applied:
+            return self.trainable_parameters()
+        return {n: p for n, p in self.named_parameters() if not n.startswith("model.")}
+
+    def transform_inputs(self, inputs: dict[str, Any], batch: Batch) -> dict[str, Any]:
+        for transform in self.input_transforms:
+            inputs = transform(inputs, batch)
+        return inputs
+
+    def to_device(self, batch: Batch) -> Batch:
+        device = self.device
+        return {
+            k: self.to_device(v) if isinstance(v, dict) else v.to(device)
+            for k, v in batch.items()
+        }
+
+    @torch.no_grad()
+    def log_proba(
+        self, features: Sequence[Any], batch_size: int = 32, progress: bool | None = None, desc: str = "classifying"
+    ) -> torch.Tensor:
+        """(N, C) class log-probabilities of encoded examples, in batches sorted by length (little
+        padding), in eval mode; the mode the model was in is restored afterwards."""
+        if not features:
+            return torch.empty(0, len(self.classes))
+        order = sorted(range(len(features)), key=lambda i: self.length(features[i]))
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        bar = tqdm(
+            batches, desc=desc, unit="batch",
+            disable=(not progress) if progress is not None else (len(batches) <= 4 or None),
+        )
+        was_training = self.training
+        self.eval()
+        out = torch.empty(len(features), len(self.classes))
+        try:
+            for batch_index in bar:
+                batch = self.to_device(self.collate([features[i] for i in batch_index]))
+                out[batch_index] = self(batch).float().cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+    @property
+    def soft_embeddings(self) -> torch.Tensor | None:
+        """(soft tokens, hidden) vectors placed at the template's soft slots."""
+        return None if self.soft_prompt is None else self.soft_prompt()
+
+    def embed(self, batch: Batch) -> dict[str, Any]:
+        """Model inputs for a collated batch: token ids, or embeddings when soft tokens exist,
+        then whatever the delta methods' input transforms add."""
+        inputs: dict[str, Any] = {"attention_mask": batch["attention_mask"]}
+        if "position_ids" in batch:
+            inputs["position_ids"] = batch["position_ids"]
+        if self.soft_prompt is None:
+            inputs["input_ids"] = batch["input_ids"]
+        else:
+            embeds = self.model.get_input_embeddings()(batch["input_ids"])
+            soft_index = batch["soft_index"]
+            soft = self.soft_prompt()[soft_index.clamp(min=0)].to(embeds.dtype)
+            inputs["inputs_embeds"] = torch.where((soft_index >= 0)[..., None], soft, embeds)
+        return self.transform_inputs(inputs, batch)
+
+    def encode(self, examples: Sequence[Example]) -> list[Any]:
+        raise NotImplementedError
+
+    def collate(self, features: Sequence[Any]) -> Batch:
+        raise NotImplementedError
+
+    @staticmethod
+    def length(feature: Any) -> int:
+        raise NotImplementedError
+
+
+class PromptModel(TaskModel):
     """Scores every class of ``verbalizer`` for examples filled into ``template``.
 
     ``max_length`` defaults to the model's limit; ``truncation`` picks which shortenable
-    parts give way when an example is longer (see ``plan_truncation``).
+    parts give way when an example is longer (see ``plan_truncation``). ``methods``: delta
+    methods to train with (names, dicts or configs; see ``deltaprompt.delta``); None leaves
+    the PLM untouched, ``[]`` freezes it so that only the template's soft tokens train.
+    ``seed`` fixes every random initial value (soft tokens, delta modules).
     """
 
     def __init__(
@@ -43,11 +241,16 @@ class PromptModel(nn.Module):
         max_length: int | None = None,
         truncation: Truncation = "longest_first",
         efficient_head: bool = True,
+        methods: Sequence[MethodSpec] | MethodSpec | None = None,
+        seed: int = 0,
     ):
-        super().__init__()
-        self.plm = plm
-        self.model = plm.model
-        self.template = template if isinstance(template, Template) else Template(template)
+        super().__init__(plm)
+        built = make_methods(methods) if methods is not None else None
+        template = template if isinstance(template, Template) else Template(template)
+        self.source_template = template  # as the user wrote it; methods may add to it
+        for method in built or []:
+            template = method.rewrite_template(template)
+        self.template = template
         self.verbalizer = verbalizer
         mask = self.template.mask_part
         self.label_words: LabelWords = verbalizer.bind(plm.tokenizer, mask.prefix or "", plm.family)
@@ -61,53 +264,16 @@ class PromptModel(nn.Module):
             truncation=truncation,
             mask_span=self.spans[0],
         )
-        self.soft_embeddings = self._init_soft_embeddings()
+        with seeded(seed):
+            # Random soft tokens are only worth a warning when nothing is going to train them.
+            table = soft_table(self.model, self.prompt_tokenizer.soft_init_ids, warn=built is None)
+            self.soft_prompt = SoftPrompt(table) if table is not None else None
+            self.setup_methods(built)
         self.efficient_head = efficient_head and self._efficient_head_agrees()
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.label_words.classes
-
-    @property
-    def device(self) -> torch.device:
-        return self.plm.device
-
-    # -- soft tokens
-    def _init_soft_embeddings(self) -> nn.Parameter | None:
-        init_ids = self.prompt_tokenizer.soft_init_ids
-        if not init_ids:
-            return None
-        embed = self.model.get_input_embeddings()
-        table = torch.empty(len(init_ids), embed.weight.size(1), dtype=embed.weight.dtype)
-        std = float(embed.weight.detach().float().std())
-        with torch.no_grad():
-            for i, token in enumerate(init_ids):
-                if token is None:
-                    table[i].normal_(0.0, std)
-                else:
-                    # Through the module, so models that scale their embeddings stay exact.
-                    table[i] = embed(torch.tensor([token], device=embed.weight.device))[0].cpu()
-        if any(token is None for token in init_ids):
-            warnings.warn(
-                "the template has randomly initialised soft tokens; until they are trained, "
-                "predictions depend on random vectors",
-                stacklevel=3,
-            )
-        return nn.Parameter(table.to(embed.weight.device))
-
-    def embed(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Model inputs for a collated batch: token ids, or embeddings when soft tokens exist."""
-        inputs = {"attention_mask": batch["attention_mask"]}
-        if "position_ids" in batch:
-            inputs["position_ids"] = batch["position_ids"]
-        if self.soft_embeddings is None:
-            inputs["input_ids"] = batch["input_ids"]
-            return inputs
-        embeds = self.model.get_input_embeddings()(batch["input_ids"])
-        soft_index = batch["soft_index"]
-        soft = self.soft_embeddings[soft_index.clamp(min=0)].to(embeds.dtype)
-        inputs["inputs_embeds"] = torch.where((soft_index >= 0)[..., None], soft, embeds)
-        return inputs
 
     # -- data
     def encode(self, examples: Sequence[Example]) -> list[Encoding] | list[tuple[Encoding, ...]]:
@@ -131,13 +297,6 @@ class PromptModel(nn.Module):
     def length(feature: Any) -> int:
         """Token count of an encoded example (for length-sorted batching)."""
         return len(feature.input_ids) if isinstance(feature, Encoding) else max(len(f.input_ids) for f in feature)
-
-    def to_device(self, batch: Batch) -> Batch:
-        device = self.device
-        return {
-            k: self.to_device(v) if isinstance(v, dict) else v.to(device)
-            for k, v in batch.items()
-        }
 
     # -- scoring
     def word_scores(self, batch: Batch, efficient: bool | None = None) -> torch.Tensor:

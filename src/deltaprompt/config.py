@@ -1,0 +1,622 @@
+"""The run configuration of ``deltaprompt train CONFIG.yaml``: one YAML file says which model,
+which data, which classifier, which delta methods and how to train.
+
+    model:      {name: smollm2-135m}
+    data:       {task: sst2, shots: 16, seed: 13}
+    classifier: {template: "Review: {text}\\nSentiment: {mask}",
+                 label_words: {negative: terrible, positive: great}}
+    methods:    [{method: lora, r: 8}]
+    training:   {epochs: 20, delta_lr: 1e-3}
+    output_dir: runs/sst2-lora
+
+Everything is checked before a model is loaded: unknown keys (with the closest valid name),
+wrong types, and combinations that cannot work (a head classifier with label words, a prompt
+without a mask, delta methods that exclude each other, shots without a training split...).
+Flags override single values: ``--set training.lr=1e-4 --set methods[0].r=16``. Values are
+read as YAML (never evaluated); keys that hold text take the text as written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+if typing.TYPE_CHECKING:
+    from .classifier import Classifier
+
+from .data import Example, few_shot_split, load_examples, load_task
+from .head import Pooling
+from .plm import PLM, Family
+from .schema import ConfigError, from_dict, to_dict
+from .template import Template, TemplateError
+from .tokenization import Truncation
+from .trainer import TrainConfig
+from .verbalizer import Aggregation, MultiToken, parse_label_words
+
+Kind = Literal["prompt", "head"]
+DType = Literal["float32", "float16", "bfloat16"]
+LABEL_WORD_FILES = (".txt", ".json", ".yaml", ".yml")
+
+
+# ----------------------------------------------------------------------------- YAML
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``; a learning
+    rate written the usual way would otherwise arrive as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """Parse YAML safely; a syntax error becomes a one-line ConfigError with its line number."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+
+
+# ----------------------------------------------------------------------------- sections
+
+@dataclass
+class ModelSection:
+    """The pretrained model. ``name``: hub id, local folder or alias (smollm2-135m, minilm-l6);
+    ``family`` overrides detection; ``dtype`` of the weights (default float32); ``device``:
+    cpu, cuda, cuda:1 (default: the trainer's choice)."""
+
+    name: str | None = None
+    family: Family | None = None
+    revision: str | None = None
+    dtype: DType | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError(
+                "model.name is required: a hub id, a local folder or an alias (smollm2-135m, minilm-l6)"
+            )
+
+
+@dataclass
+class DataSection:
+    """Where examples come from: a benchmark ``task`` (a name under ``data_dir``, default
+    ../shared/data, or a folder) or ``train``/``dev``/``test`` files (.jsonl/.csv/.tsv, whose
+    columns ``text_column``/``text_b_column``/``label_column`` name). ``labels`` fixes the class
+    order for files. ``shots``: sample that many examples per class from the training split
+    (LM-BFF's protocol, with ``seed``), and ``dev_per_class`` (default: ``shots``; 0: none)
+    more, disjoint, as the dev set. ``*_limit``: keep only the first N examples of a split."""
+
+    task: str | None = None
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    data_dir: str | None = None
+    text_column: str = "text"
+    text_b_column: str = "text_b"
+    label_column: str = "label"
+    labels: list[str] | None = None
+    shots: int | None = None
+    dev_per_class: int | None = None
+    seed: int = 13
+    train_limit: int | None = None
+    dev_limit: int | None = None
+    test_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        files = [name for name in ("train", "dev", "test") if getattr(self, name)]
+        if self.task and files:
+            raise ConfigError(
+                f"data: give either a task or files, not both (task {self.task!r} and data.{files[0]})"
+            )
+        if not self.task and not files:
+            raise ConfigError("data: give a task (data.task: sst2) or files (data.train, data.dev, data.test)")
+        if not self.task and not self.train:
+            what = "data.shots samples from the training split" if self.shots else "training needs examples"
+            raise ConfigError(f"{what}; give data.train (or a task with a train split)")
+        if self.shots is not None and self.shots < 1:
+            raise ConfigError(f"data.shots must be at least 1, got {self.shots}")
+        if self.dev_per_class is not None:
+            if self.shots is None:
+                raise ConfigError("data.dev_per_class applies to few-shot sampling; set data.shots too")
+            if self.dev_per_class < 0:
+                raise ConfigError(f"data.dev_per_class cannot be negative, got {self.dev_per_class}")
+        for name in ("train_limit", "dev_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name} must be at least 1, got {value}")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"data.labels lists a class twice: {self.labels}")
+
+
+@dataclass
+class ClassifierSection:
+    """The classifier. ``kind: prompt`` scores label words at the template's mask (needs
+    ``template`` and ``label_words``); ``kind: head`` puts a classification head on the PLM's
+    representation (``pooling``: cls, mean or last; ``dropout``; ``template`` optional and
+    without a mask; no label words).
+    ``label_words``: {class: word or [words]}, a list in class order, the string form
+    ``"neg: bad, awful; pos: great"`` or a .txt/.json/.yaml file. ``batch_size``: for inference."""
+
+    kind: Kind = "prompt"
+    template: str | None = None
+    label_words: str | dict[str, Any] | list[Any] | None = None
+    aggregation: Aggregation | None = None
+    multi_token: MultiToken | None = None
+    calibrate: bool = False
+    pooling: Pooling | None = None
+    dropout: float | None = None
+    max_length: int | None = None
+    truncation: Truncation = "longest_first"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.kind == "prompt":
+            missing = [k for k in ("template", "label_words") if getattr(self, k) is None]
+            if missing:
+                raise ConfigError(
+                    f"classifier: a prompt classifier needs {' and '.join(missing)} "
+                    "(or use kind: head for a classification head)"
+                )
+            for key in ("pooling", "dropout"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"classifier.{key} applies to kind: head, not to a prompt classifier")
+            self._check_label_words()
+        else:
+            if self.label_words is not None:
+                raise ConfigError(
+                    "classifier.label_words: a head classifier has no label words (it learns a "
+                    "weight per class); remove them or use kind: prompt"
+                )
+            for key in ("aggregation", "multi_token"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"classifier.{key} applies to label words; a head classifier has none")
+            if self.calibrate:
+                raise ConfigError("classifier.calibrate applies to prompt classifiers (label-word priors)")
+            if self.dropout is not None and not 0 <= self.dropout < 1:
+                raise ConfigError(f"classifier.dropout must be in [0, 1), got {self.dropout}")
+        if self.template is not None:
+            try:
+                masks = Template(self.template).num_masks
+            except (TemplateError, ValueError) as exc:
+                raise ConfigError(f"classifier.template: {str(exc).splitlines()[0]}") from None
+            if self.kind == "prompt" and masks != 1:
+                raise ConfigError(
+                    f"classifier.template: a prompt classifier reads exactly one {{mask}}; this one has {masks}"
+                )
+            if self.kind == "head" and masks:
+                raise ConfigError(
+                    "classifier.template: a head classifier pools hidden states and reads no {mask}; "
+                    "remove it, or use kind: prompt"
+                )
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"classifier.max_length must be positive, got {self.max_length}")
+        if self.batch_size < 1:
+            raise ConfigError(f"classifier.batch_size must be positive, got {self.batch_size}")
+
+    def _check_label_words(self) -> None:
+        words = self.label_words
+        if isinstance(words, list):  # class order comes with the data; check the shape only
+            for i, entry in enumerate(words):
+                items = [entry] if isinstance(entry, str) else entry
+                if not isinstance(items, list) or not items or not all(isinstance(w, str) and w.strip() for w in items):
+                    raise ConfigError(f"classifier.label_words[{i}]: expected a word or a list of words, got {entry!r}")
+            return
+        looks_like_file = isinstance(words, str) and words.endswith(LABEL_WORD_FILES) and ":" not in words
+        if looks_like_file and "\n" not in words and not Path(words).is_file():
+            raise ConfigError(f"classifier.label_words: no such file {words!r}")
+        try:
+            parse_label_words(words)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ConfigError(f"classifier.label_words: {exc}") from None
+
+    def classes(self) -> tuple[str, ...] | None:
+        """The classes the label words name, in their order (None for a list or a head)."""
+        if self.kind != "prompt" or isinstance(self.label_words, list):
+            return None
+        return tuple(parse_label_words(self.label_words))
+
+
+MethodEntry = str | dict[str, Any]
+
+
+@dataclass
+class RunConfig:
+    """A whole training run; see the module docstring and docs/configuration.md.
+
+    ``methods``: delta methods by name or ``{method: name, ...options}``; omitted, the
+    classifier's default (all PLM weights train); ``[]`` freezes the PLM (only soft tokens or
+    the head train). ``training``: the trainer's settings (``TrainConfig``). ``output_dir``:
+    where the model, metrics and checkpoints go (``--output-dir`` overrides it).
+    """
+
+    # Missing sections read as empty ones, whose own checks then say what is missing.
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    classifier: ClassifierSection = field(default_factory=ClassifierSection)
+    methods: list[MethodEntry] | MethodEntry | None = None
+    training: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, (str, dict)):
+            self.methods = [self.methods]
+        if self.methods is not None:
+            check_methods(self.methods)
+        if self.data.labels is not None:
+            classes = self.classifier.classes()
+            if classes is not None and set(classes) != set(self.data.labels):
+                raise ConfigError(
+                    f"classifier.label_words name classes {list(classes)} but data.labels are {self.data.labels}"
+                )
+        if (
+            self.methods == []
+            and self.classifier.kind == "prompt"
+            and self.classifier.template is not None
+            and not Template(self.classifier.template).has_soft_tokens
+        ):
+            raise ConfigError(
+                "nothing would train: methods: [] freezes the PLM and the template has no soft "
+                "tokens; add a method (e.g. lora, prompt_tuning) or {soft} tokens to the template"
+            )
+
+    def method_specs(self) -> list[MethodEntry] | None:
+        return None if self.methods is None else list(typing.cast(list[MethodEntry], self.methods))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def check_methods(specs: Sequence[Any]) -> None:
+    """Unknown names and options (naming the entry), duplicates and exclusive pairs."""
+    from .delta import make_method, make_methods
+
+    for i, spec in enumerate(specs):
+        where = f"methods[{i}]"
+        try:
+            make_method(spec, where)
+        except ConfigError as exc:
+            message = str(exc)
+            raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    try:
+        make_methods(list(specs))
+    except ConfigError as exc:
+        raise ConfigError(f"methods: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- loading
+
+PATH_KEYS = {"data": ("train", "dev", "test", "data_dir")}
+
+
+def load_config(
+    source: str | Path | dict[str, Any],
+    overrides: Iterable[str] = (),
+) -> RunConfig:
+    """Read and check a run config from a YAML file (or a dict), then apply ``key=value``
+    overrides. Relative paths in the file are relative to the file's folder; paths given in
+    overrides are relative to the working directory."""
+    if isinstance(source, dict):
+        raw, where, base = source, "config", None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such config file: {path}")
+        raw = read_yaml(path.read_text(encoding="utf-8"), str(path))
+        where, base = str(path), path.resolve().parent
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: the config must be a mapping of sections, got {type(raw).__name__}")
+        raw = _resolve_paths(raw, base)
+    for override in overrides:
+        key, value = split_override(override)
+        raw = apply_override(raw, key, value)
+    return build_config(raw, where)
+
+
+def build_config(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    """``RunConfig`` from plain data; every error is a one-line ConfigError naming the key."""
+    sections = {f.name for f in dataclasses.fields(RunConfig)} - {"methods", "output_dir"}
+    # An empty section in YAML (``training:`` with nothing under it) is null: read it as {}.
+    raw = {k: ({} if v is None and k in sections else v) for k, v in raw.items()}
+    try:
+        return from_dict(RunConfig, raw, "config")
+    except ConfigError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else "invalid config"
+        for prefix in ("config.", "config: "):
+            if message.startswith(prefix):
+                message = message[len(prefix):]
+        raise ConfigError(f"{where}: {message}") from None
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    raw = dict(raw)
+    data = raw.get("data")
+    if isinstance(data, dict):
+        data = dict(data)
+        for key in PATH_KEYS["data"]:
+            value = data.get(key)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                data[key] = str(base / Path(value).expanduser())
+        task = data.get("task")
+        if isinstance(task, str) and (base / task / "labels.json").is_file():
+            data["task"] = str(base / task)
+        raw["data"] = data
+    model = raw.get("model")
+    if isinstance(model, dict):
+        name = model.get("name")
+        if isinstance(name, str) and name and (base / name / "config.json").is_file():
+            raw["model"] = {**model, "name": str(base / name)}  # a model folder beside the config
+    classifier = raw.get("classifier")
+    if isinstance(classifier, dict):
+        words = classifier.get("label_words")
+        if isinstance(words, str) and words.endswith(LABEL_WORD_FILES) and (base / words).is_file():
+            raw["classifier"] = {**classifier, "label_words": str(base / words)}
+    return raw
+
+
+# ----------------------------------------------------------------------------- overrides
+
+_STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+
+def split_override(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise ConfigError(f"--set {text!r}: write key=value, e.g. training.lr=1e-4 or methods[0].r=16")
+    return key.strip(), value
+
+
+def parse_key(key: str) -> list[str | int]:
+    """``methods[0].r`` -> ['methods', 0, 'r']."""
+    steps: list[str | int] = []
+    position = 0
+    expect_name = True
+    while position < len(key):
+        if key[position] == "." and not expect_name and steps:
+            position += 1
+            expect_name = True
+            continue
+        match = _STEP.match(key, position)
+        if not match or (match.group(1) and not expect_name):
+            raise ConfigError(f"--set {key!r}: cannot read the key at {key[position:]!r}")
+        steps.append(match.group(1) if match.group(1) else int(match.group(2)))
+        position = match.end()
+        expect_name = False
+    if not steps or not isinstance(steps[0], str) or expect_name:
+        raise ConfigError(f"--set {key!r}: cannot read the key")
+    return steps
+
+
+def apply_override(raw: dict[str, Any], key: str, value: str) -> dict[str, Any]:
+    """A copy of ``raw`` with the value at ``key`` replaced (missing mappings are created; a
+    method given by name becomes ``{method: name}`` so that its options can be set)."""
+    steps = parse_key(key)
+    parsed = parse_value(value, _hint_at(steps), key)
+    root = _copy(raw)
+    node: Any = root
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        where = _path_text(steps[: i + 1])
+        if isinstance(step, int):
+            if not isinstance(node, list):
+                raise ConfigError(f"--set {key}: {_path_text(steps[:i])} is not a list")
+            if step > len(node):
+                raise ConfigError(f"--set {key}: {_path_text(steps[:i])} has {len(node)} entries; "
+                                  f"index {step} would leave a gap")
+            if step == len(node):
+                node.append({} if not last else None)
+            if last:
+                node[step] = parsed
+            else:
+                if isinstance(node[step], str) and steps[0] == "methods":
+                    node[step] = {"method": node[step]}
+                node = node[step]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {_path_text(steps[:i])} is not a mapping")
+        if last:
+            node[step] = parsed
+            continue
+        following = steps[i + 1]
+        if node.get(step) is None:
+            node[step] = [] if isinstance(following, int) else {}
+        node = node[step]
+        if isinstance(following, str) and not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {key}: {where} is {node!r}, not a mapping")
+    return root
+
+
+def parse_value(text: str, hint: Any, key: str) -> Any:
+    """YAML for numbers, booleans, null, lists and mappings; keys that hold text keep the text
+    as written (a template's ``{text}`` is not a YAML mapping), ``\\n`` meaning a newline."""
+    if _is_text(hint):
+        if text.strip() in ("null", "~", "None"):
+            return None
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            return read_yaml(text, f"--set {key}")
+        return text.replace("\\n", "\n").replace("\\t", "\t")
+    return read_yaml(text, f"--set {key}") if text.strip() else None
+
+
+def _is_text(hint: Any) -> bool:
+    if hint is str:
+        return True
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        return options == [str]
+    return False
+
+
+def _hint_at(steps: Sequence[str | int]) -> Any:
+    """The schema's type hint at a key path (Any where the schema does not say)."""
+    hint: Any = RunConfig
+    for step in steps:
+        hint = _strip_optional(hint)
+        if isinstance(step, str) and dataclasses.is_dataclass(hint):
+            hints = get_type_hints(hint)
+            if step not in hints:
+                return Any  # from_dict reports the unknown key with a suggestion
+            hint = hints[step]
+        else:
+            return Any
+    return hint
+
+
+def _strip_optional(hint: Any) -> Any:
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return hint
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _path_text(steps: Sequence[str | int]) -> str:
+    out = ""
+    for step in steps:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+    return out or "the config"
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class RunData:
+    """The examples of a run and the class order."""
+
+    train: list[Example]
+    dev: list[Example] | None
+    test: list[Example] | None
+    classes: tuple[str, ...]
+
+
+def load_run_data(config: RunConfig) -> RunData:
+    """Read the splits, fix the class order, and draw the few-shot sample if asked."""
+    data = config.data
+    classes: tuple[str, ...] | None = tuple(data.labels) if data.labels else None
+    if data.task:
+        task = load_task(data.task, data.data_dir)
+        classes = classes or task.labels
+        train = task.load("train")
+        dev = task.load("dev") if "dev" in task.splits else None
+        test = task.load("test") if "test" in task.splits else None
+    else:
+        columns = (data.text_column, data.text_b_column, data.label_column)
+        train = load_examples(typing.cast(str, data.train), *columns)
+        dev = load_examples(data.dev, *columns) if data.dev else None
+        test = load_examples(data.test, *columns) if data.test else None
+    named = config.classifier.classes()
+    if classes is not None and named is not None and set(named) != set(classes):
+        missing, extra = sorted(set(classes) - set(named)), sorted(set(named) - set(classes))
+        raise ValueError(
+            f"classifier.label_words do not match the data's classes {list(classes)}: "
+            + "; ".join(filter(None, [f"no label words for {missing}" if missing else "",
+                                      f"unknown classes {extra}" if extra else ""]))
+        )
+    classes = classes or named
+    if classes is None:
+        classes = tuple(sorted({e.label for e in train if e.label is not None}))
+    for split, examples in (("train", train), ("dev", dev), ("test", test)):
+        unknown = sorted({e.label for e in examples or () if e.label is not None and e.label not in classes})
+        if unknown:
+            raise ValueError(f"data: the {split} split has labels {unknown} that are not classes {list(classes)}")
+    for split, examples in (("training", train), ("dev", dev)):
+        if any(e.label is None for e in examples or ()):
+            raise ValueError(f"data: every {split} example needs a label")
+    if data.shots is not None:
+        train, sampled_dev = few_shot_split(train, data.shots, data.seed, classes, data.dev_per_class)
+        if sampled_dev:
+            dev = sampled_dev
+    if data.train_limit:
+        train = train[: data.train_limit]
+    if dev is not None and data.dev_limit:
+        dev = dev[: data.dev_limit]
+    if test is not None and data.test_limit:
+        test = test[: data.test_limit]
+    if not train:
+        raise ValueError("data: no training examples")
+    if len(classes) < 2:
+        raise ValueError(f"data: a classifier needs at least two classes, found {list(classes)}")
+    return RunData(train, dev or None, test or None, classes)
+
+
+# ----------------------------------------------------------------------------- building
+
+def load_base_model(section: ModelSection) -> PLM:
+    """The pretrained model the config names (through ``deltaprompt.plm.load_plm``)."""
+    import torch
+
+    from . import plm as plm_module
+
+    dtype = getattr(torch, section.dtype) if section.dtype else None
+    return plm_module.load_plm(
+        typing.cast(str, section.name), section.family, dtype=dtype, device=section.device,
+        revision=section.revision,
+    )
+
+
+def build_classifier(config: RunConfig, plm: PLM, classes: Sequence[str]) -> Classifier:
+    """The untrained classifier of a run. Calibration is left to after training (it measures
+    the trained model's prior); the run's seed also fixes the classifier's initial values."""
+    from .classifier import HeadClassifier, PromptClassifier
+
+    c = config.classifier
+    if c.kind == "prompt":
+        return PromptClassifier(
+            plm, typing.cast(str, c.template), c.label_words, classes=classes,
+            aggregation=c.aggregation or "mean", multi_token=c.multi_token or "first",
+            batch_size=c.batch_size, max_length=c.max_length, truncation=c.truncation,
+            methods=config.method_specs(), seed=config.training.seed,
+        )
+    return HeadClassifier(
+        plm, classes, template=c.template, pooling=c.pooling, batch_size=c.batch_size,
+        max_length=c.max_length, truncation=c.truncation,
+        dropout=0.1 if c.dropout is None else c.dropout,
+        methods=config.method_specs(), seed=config.training.seed,
+    )
+
+
+__all__ = [
+    "build_classifier",
+    "load_base_model",
+    "ClassifierSection",
+    "ConfigError",
+    "check_methods",
+    "DataSection",
+    "ModelSection",
+    "RunConfig",
+    "RunData",
+    "apply_override",
+    "build_config",
+    "load_config",
+    "load_run_data",
+    "parse_key",
+    "read_yaml",
+]
