@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     BertConfig,
@@ -35,6 +36,8 @@ from transformers import (
     T5Tokenizer,
 )
 
+from deltaprompt import Example, PromptModel, Verbalizer
+from deltaprompt.model import TaskModel
 from deltaprompt.plm import PLM
 
 CORPUS = [
@@ -142,6 +145,24 @@ def tiny_plm(kind: str, tokenizer) -> PLM:
     return PLM.from_model(model, tokenizer, name=f"tiny-{kind}")
 
 
+def responsive(plm: PLM) -> PLM:
+    """Make a tiny model react to its input, in place: every matrix (2-D parameter: embeddings,
+    projections, output layer) is rescaled to std 0.5; returns the PLM.
+
+    At BERT's 0.02 init scale (BERT, RoBERTa, GPT-2 and Llama above) two random layers of width
+    32 pass almost nothing of the input on to the prediction, so a frozen PLM gives whatever is
+    trained around it (biases, adapters, a low-dimensional update, soft or prefix tokens, LoRA, a
+    head) no input-dependent signal, and a loss barely falls. T5's own init already passes the
+    input on and is left as it is. Deterministic: the weights are scaled, nothing is redrawn.
+    """
+    if plm.family != "seq2seq":
+        with torch.no_grad():
+            for parameter in plm.model.parameters():
+                if parameter.ndim == 2:
+                    parameter.mul_(0.5 / parameter.std())
+    return plm
+
+
 TOKENIZER_OF = {
     "bert": "bert_tokenizer",
     "roberta": "roberta_tokenizer",
@@ -151,10 +172,88 @@ TOKENIZER_OF = {
 }
 
 
-@pytest.fixture(params=list(TOKENIZER_OF))
+KINDS = list(TOKENIZER_OF)
+
+
+@pytest.fixture(params=KINDS)
 def any_tiny_plm(request) -> PLM:
     """Each family in turn: BERT, RoBERTa (masked), GPT-2, Llama (causal), T5 (seq2seq)."""
-    return tiny_plm(request.param, request.getfixturevalue(TOKENIZER_OF[request.param]))
+    return plm_of(request, request.param)
+
+
+def plm_of(request, kind: str) -> PLM:
+    """``tiny_plm(kind)`` with its family's tokenizer, from the test's ``request``."""
+    return tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
+
+
+# A small two-class sentiment task shared by the training tests: the template for each family
+# (a causal LM predicts at the very end), one label word per class, eight labelled reviews.
+TEMPLATE = {"masked": "{text} It was {mask}.", "causal": "{text} It was {mask}", "seq2seq": "{text} It was {mask}."}
+WORDS = {"negative": "terrible", "positive": "great"}
+TRAIN = [
+    Example("the movie was great", label="positive"),
+    Example("great acting and a wonderful plot", label="positive"),
+    Example("a wonderful film", label="positive"),
+    Example("the acting was great", label="positive"),
+    Example("a terrible boring film", label="negative"),
+    Example("the plot was dull", label="negative"),
+    Example("boring and terrible", label="negative"),
+    Example("a dull terrible movie", label="negative"),
+]
+
+
+def prompt_model(plm: PLM, methods=None) -> PromptModel:
+    """A prompt model for that task on the PLM: its family's TEMPLATE, WORDS as the verbalizer."""
+    return PromptModel(plm, TEMPLATE[plm.family], Verbalizer(WORDS), methods=methods)
+
+
+def labelled_batch(model: TaskModel, examples=TRAIN) -> tuple[dict, torch.Tensor]:
+    """The examples collated into one batch, and their class indices."""
+    batch = model.collate(model.encode(examples))
+    return batch, torch.tensor([model.classes.index(e.label) for e in examples])
+
+
+def train_steps(model: TaskModel, examples, steps: int, lr: float) -> list[float]:
+    """``steps`` full-batch AdamW steps (no weight decay) on the NLL of ``model(batch)``, over the
+    model's trainable parameters; the loss before each step. The gradients of the last step stay
+    on the parameters. A fresh optimizer each call."""
+    batch, labels = labelled_batch(model, examples)
+    optimizer = torch.optim.AdamW(list(model.trainable_parameters().values()), lr=lr, weight_decay=0.0)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = F.nll_loss(model(batch), labels)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def class_log_probs(model: TaskModel, examples=TRAIN) -> torch.Tensor:
+    """The model's (examples, classes) log-probabilities, without gradients."""
+    with torch.no_grad():
+        return model(model.collate(model.encode(examples)))
+
+
+def assert_only_trainable_moved(model: TaskModel, before: dict[str, torch.Tensor], trainable) -> None:
+    """After training from ``before`` (a clone of every named parameter): each parameter named in
+    ``trainable`` has a non-zero gradient and has changed; every other one has no gradient and is
+    unchanged."""
+    for name, parameter in model.named_parameters():
+        if name in trainable:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+            assert not torch.equal(parameter, before[name]), name
+        else:
+            assert parameter.grad is None, name
+            assert torch.equal(parameter, before[name]), name
+
+
+def load_trained(target: TaskModel, source: TaskModel) -> None:
+    """Give ``target``, built afresh, the trainable parameters of ``source`` by name, as a saved
+    delta is reloaded: the names must be exactly ``target``'s trainable ones, and state-dict keys."""
+    saved = {n: p.detach().clone() for n, p in source.trainable_parameters().items()}
+    assert set(target.trainable_parameters()) == set(saved)
+    assert not target.load_state_dict(saved, strict=False).unexpected_keys
 
 
 @pytest.fixture(autouse=True)

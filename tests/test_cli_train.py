@@ -181,3 +181,44 @@ def test_config_errors_exit_2_with_one_line(workspace, tmp_path, capsys):
     assert main(["train", str(tmp_path / "absent.yaml")]) == 2
     assert "no such config file" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was written for a refused config
+
+
+def test_a_killed_run_resumes_to_the_same_weights(workspace, tmp_path):
+    """SIGKILL mid-run (no chance to clean up), start the same command again: the result
+    equals an uninterrupted run's, weight for weight."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "deltaprompt.cli", "train", str(workspace / "run.yaml"), "--output-dir",
+                str(out), "--set", "training.epochs=60", "--set", "training.save_every=1",
+                "--set", "training.log_every=1"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    plain = subprocess.run(command(tmp_path / "plain"), env=env, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = killed / "training" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoints.is_dir() and any(p.name >= "step-00000040" for p in checkpoints.iterdir()):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model").exists()
+
+    resumed = subprocess.run(command(killed), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = load_file(str(tmp_path / "plain" / "model" / "weights.safetensors"))
+    got = load_file(str(killed / "model" / "weights.safetensors"))
+    assert expected.keys() == got.keys()
+    assert all((expected[n] == got[n]).all() for n in expected)

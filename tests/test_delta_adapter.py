@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from deltaprompt import Example, PromptModel, Verbalizer
+from deltaprompt import PromptModel
 from deltaprompt.delta import make_method
 from deltaprompt.delta.adapter.layer import is_norm
 from deltaprompt.schema import ConfigError
 
-from .conftest import TOKENIZER_OF, tiny_plm
+from .conftest import (
+    KINDS,
+    TRAIN,
+    assert_only_trainable_moved,
+    class_log_probs,
+    load_trained,
+    plm_of,
+    prompt_model,
+    responsive,
+    train_steps,
+)
 
-TEMPLATE = {"masked": "{text} It was {mask}.", "causal": "{text} It was {mask}", "seq2seq": "{text} It was {mask}."}
-WORDS = {"negative": "terrible", "positive": "great"}
-TRAIN = [
-    Example("the movie was great", label="positive"), Example("a terrible boring film", label="negative"),
-    Example("wonderful acting", label="positive"), Example("a dull plot", label="negative"),
-    Example("the acting was wonderful", label="positive"), Example("boring and dull", label="negative"),
-    Example("great film", label="positive"), Example("terrible acting", label="negative"),
-]
-KINDS = list(TOKENIZER_OF)
 # What the structural search must find in layer 0 of each family (attention, then feed-forward).
 LAYER0 = {
     "bert": ["bert.encoder.layer.0.attention.output.dense", "bert.encoder.layer.0.output.dense"],
@@ -33,54 +33,8 @@ LAYER0 = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: threads cost more than they save, and a busy machine makes that far worse."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def plm_of(request, kind: str):
-    """A tiny model with its matrices at std 1/sqrt(hidden), T5's own init scale. At BERT's,
-    GPT-2's and Llama's 0.02, hidden 32 carries almost nothing of the input to the prediction,
-    and nothing bias- or adapter-sized can learn an input-dependent task quickly."""
-    plm = tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
-    hidden = plm.model.config.hidden_size
-    with torch.no_grad():
-        for parameter in plm.model.parameters():
-            if parameter.ndim == 2:
-                parameter.mul_(hidden**-0.5 / parameter.std())
-    return plm
-
-
 def build(request, kind: str, methods=None) -> PromptModel:
-    plm = plm_of(request, kind)
-    return PromptModel(plm, TEMPLATE[plm.family], Verbalizer(WORDS), methods=methods)
-
-
-def labels(model: PromptModel) -> torch.Tensor:
-    return torch.tensor([model.classes.index(e.label) for e in TRAIN])
-
-
-def train(model: PromptModel, steps: int, lr: float) -> list[float]:
-    batch = model.collate(model.encode(TRAIN))
-    target = labels(model)
-    optimizer = torch.optim.AdamW(list(model.trainable_parameters().values()), lr=lr, weight_decay=0.0)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = F.nll_loss(model(batch), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
-def predict(model: PromptModel) -> torch.Tensor:
-    with torch.no_grad():
-        return model(model.collate(model.encode(TRAIN)))
+    return prompt_model(responsive(plm_of(request, kind)), methods)
 
 
 def adapter_paths(model: PromptModel) -> list[str]:
@@ -153,37 +107,27 @@ def test_only_adapters_and_houlsby_norms_train(request, kind, variant):
     assert all(model.role_of(n, p) == ("delta", 1e-4) for n, p in trainable.items())
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    train(model, steps=2, lr=1e-2)  # up starts at zero: down gets its first gradient at step 2
-    for name, parameter in model.named_parameters():
-        if name in expected:
-            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
-            assert not torch.equal(parameter, before[name]), name
-        else:
-            assert parameter.grad is None, name
-            assert torch.equal(parameter, before[name]), name
+    train_steps(model, TRAIN, steps=2, lr=1e-2)  # up starts at zero: down gets its first gradient at step 2
+    assert_only_trainable_moved(model, before, expected)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_starts_equal_to_the_base_model_and_learns(request, kind):
-    base = predict(build(request, kind))
+    base = class_log_probs(build(request, kind))
     model = build(request, kind, [{"method": "adapter", "variant": "houlsby"}])
-    assert torch.equal(predict(model), base)
-    losses = train(model, steps=30, lr=3e-2)
+    assert torch.equal(class_log_probs(model), base)
+    losses = train_steps(model, TRAIN, steps=30, lr=3e-2)
     assert losses[-1] < 0.6 * losses[0], losses
 
 
 def test_saved_adapters_load_by_name_into_a_fresh_model(request):
     method = {"method": "adapter", "variant": "houlsby", "reduction_factor": 8}
     model = build(request, "gpt2", [method])
-    train(model, steps=3, lr=1e-2)
-    saved = {n: p.detach().clone() for n, p in model.trainable_parameters().items()}
+    train_steps(model, TRAIN, steps=3, lr=1e-2)
     again = build(request, "gpt2", [method])
-    assert set(again.trainable_parameters()) == set(saved)
-    with torch.no_grad():
-        for name, parameter in again.trainable_parameters().items():
-            parameter.copy_(saved[name])
-    torch.testing.assert_close(predict(again), predict(model), atol=1e-6, rtol=0)
-    assert not torch.allclose(predict(again), predict(build(request, "gpt2")), atol=1e-4)
+    load_trained(again, model)
+    torch.testing.assert_close(class_log_probs(again), class_log_probs(model), atol=1e-6, rtol=0)
+    assert not torch.allclose(class_log_probs(again), class_log_probs(build(request, "gpt2")), atol=1e-4)
 
 
 @pytest.mark.parametrize(

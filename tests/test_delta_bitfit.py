@@ -5,69 +5,28 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from deltaprompt import Example, PromptModel, Verbalizer
+from deltaprompt import PromptModel
 from deltaprompt.delta.adapter.layer import is_norm
 
-from .conftest import TOKENIZER_OF, tiny_plm
+from .conftest import (
+    KINDS,
+    TRAIN,
+    assert_only_trainable_moved,
+    class_log_probs,
+    load_trained,
+    plm_of,
+    prompt_model,
+    responsive,
+    train_steps,
+)
 
-TEMPLATE = {"masked": "{text} It was {mask}.", "causal": "{text} It was {mask}", "seq2seq": "{text} It was {mask}."}
-WORDS = {"negative": "terrible", "positive": "great"}
-TRAIN = [
-    Example("the movie was great", label="positive"), Example("a terrible boring film", label="negative"),
-    Example("wonderful acting", label="positive"), Example("a dull plot", label="negative"),
-    Example("the acting was wonderful", label="positive"), Example("boring and dull", label="negative"),
-    Example("great film", label="positive"), Example("terrible acting", label="negative"),
-]
-KINDS = list(TOKENIZER_OF)
 WITHOUT_BIASES = {"llama", "t5"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: threads cost more than they save, and a busy machine makes that far worse."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def plm_of(request, kind: str):
-    """A tiny model with its matrices at std 1/sqrt(hidden), T5's own init scale (at 0.02,
-    hidden 32 carries almost nothing of the input to the prediction)."""
-    plm = tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
-    hidden = plm.model.config.hidden_size
-    with torch.no_grad():
-        for parameter in plm.model.parameters():
-            if parameter.ndim == 2:
-                parameter.mul_(hidden**-0.5 / parameter.std())
-    return plm
-
-
 def build(request, kind: str, methods=None) -> PromptModel:
-    plm = plm_of(request, kind)
-    return PromptModel(plm, TEMPLATE[plm.family], Verbalizer(WORDS), methods=methods)
-
-
-def train(model: PromptModel, steps: int, lr: float) -> list[float]:
-    batch = model.collate(model.encode(TRAIN))
-    target = torch.tensor([model.classes.index(e.label) for e in TRAIN])
-    optimizer = torch.optim.AdamW(list(model.trainable_parameters().values()), lr=lr, weight_decay=0.0)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = F.nll_loss(model(batch), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
-def predict(model: PromptModel) -> torch.Tensor:
-    with torch.no_grad():
-        return model(model.collate(model.encode(TRAIN)))
+    return prompt_model(responsive(plm_of(request, kind)), methods)
 
 
 def expected_counts(model: nn.Module) -> tuple[int, int, int]:
@@ -96,17 +55,12 @@ def test_trainable_count_is_the_bias_elements(request, kind, train_layer_norm):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_only_biases_change_and_the_loss_falls(request, kind):
-    base = predict(build(request, kind))
+    base = class_log_probs(build(request, kind))
     model = build(request, kind, ["bitfit"])
-    torch.testing.assert_close(predict(model), base, atol=1e-6, rtol=0)  # added biases are zero
-    trainable = set(model.trainable_parameters())
+    torch.testing.assert_close(class_log_probs(model), base, atol=1e-6, rtol=0)  # added biases are zero
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    losses = train(model, steps=30, lr=3e-2)
-    for name, parameter in model.named_parameters():
-        if name in trainable:
-            assert not torch.equal(parameter, before[name]), name
-        else:
-            assert parameter.grad is None and torch.equal(parameter, before[name]), name
+    losses = train_steps(model, TRAIN, steps=30, lr=3e-2)
+    assert_only_trainable_moved(model, before, set(model.trainable_parameters()))
     assert losses[-1] < 0.6 * losses[0], losses
 
 
@@ -123,7 +77,7 @@ def test_every_bias_gets_a_gradient(request, kind):
 def test_models_without_biases_get_zero_ones_and_keep_their_class(request, kind):
     plm = plm_of(request, kind)
     cls = type(plm.model)
-    model = PromptModel(plm, TEMPLATE[plm.family], Verbalizer(WORDS), methods=["bitfit"])
+    model = prompt_model(plm, ["bitfit"])
     assert type(model.model) is cls
     assert model.efficient_head  # the scoring's fast path still agrees with the model's logits
     added = [m for m in model.model.modules() if isinstance(m, nn.Linear) and m is not model.model.get_output_embeddings()]
@@ -142,11 +96,7 @@ def test_add_missing_off_trains_only_existing_biases(request):
 @pytest.mark.parametrize("kind", ["llama", "bert"])
 def test_saved_biases_load_by_name_into_a_fresh_model(request, kind):
     model = build(request, kind, ["bitfit"])
-    train(model, steps=3, lr=3e-2)
-    saved = {n: p.detach().clone() for n, p in model.trainable_parameters().items()}
+    train_steps(model, TRAIN, steps=3, lr=3e-2)
     again = build(request, kind, ["bitfit"])
-    assert set(again.trainable_parameters()) == set(saved)
-    with torch.no_grad():
-        for name, parameter in again.trainable_parameters().items():
-            parameter.copy_(saved[name])
-    torch.testing.assert_close(predict(again), predict(model), atol=1e-6, rtol=0)
+    load_trained(again, model)
+    torch.testing.assert_close(class_log_probs(again), class_log_probs(model), atol=1e-6, rtol=0)

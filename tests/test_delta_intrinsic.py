@@ -8,10 +8,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from deltaprompt import Example, PromptModel, Verbalizer
+from deltaprompt import PromptModel
 from deltaprompt.delta import make_method
 from deltaprompt.delta.intrinsic.layer import (
     Fastfood,
@@ -22,63 +21,23 @@ from deltaprompt.delta.intrinsic.layer import (
 )
 from deltaprompt.schema import ConfigError
 
-from .conftest import TOKENIZER_OF, tiny_plm
+from .conftest import (
+    KINDS,
+    TRAIN,
+    assert_only_trainable_moved,
+    class_log_probs,
+    load_trained,
+    plm_of,
+    prompt_model,
+    responsive,
+    train_steps,
+)
 
-TEMPLATE = {"masked": "{text} It was {mask}.", "causal": "{text} It was {mask}", "seq2seq": "{text} It was {mask}."}
-WORDS = {"negative": "terrible", "positive": "great"}
-TRAIN = [
-    Example("the movie was great", label="positive"), Example("a terrible boring film", label="negative"),
-    Example("wonderful acting", label="positive"), Example("a dull plot", label="negative"),
-    Example("the acting was wonderful", label="positive"), Example("boring and dull", label="negative"),
-    Example("great film", label="positive"), Example("terrible acting", label="negative"),
-]
-KINDS = list(TOKENIZER_OF)
 SMALL = {"method": "intrinsic", "dimension": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: threads cost more than they save, and a busy machine makes that far worse."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def plm_of(request, kind: str):
-    """A tiny model with its matrices at std 1/sqrt(hidden), T5's own init scale (at 0.02,
-    hidden 32 carries almost nothing of the input to the prediction)."""
-    plm = tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
-    hidden = plm.model.config.hidden_size
-    with torch.no_grad():
-        for parameter in plm.model.parameters():
-            if parameter.ndim == 2:
-                parameter.mul_(hidden**-0.5 / parameter.std())
-    return plm
-
-
 def build(request, kind: str, methods=None) -> PromptModel:
-    plm = plm_of(request, kind)
-    return PromptModel(plm, TEMPLATE[plm.family], Verbalizer(WORDS), methods=methods)
-
-
-def train(model: PromptModel, steps: int, lr: float) -> list[float]:
-    batch = model.collate(model.encode(TRAIN))
-    target = torch.tensor([model.classes.index(e.label) for e in TRAIN])
-    optimizer = torch.optim.AdamW(list(model.trainable_parameters().values()), lr=lr, weight_decay=0.0)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = F.nll_loss(model(batch), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
-def predict(model: PromptModel) -> torch.Tensor:
-    with torch.no_grad():
-        return model(model.collate(model.encode(TRAIN)))
+    return prompt_model(responsive(plm_of(request, kind)), methods)
 
 
 def columns(projection, dtype=torch.float64) -> torch.Tensor:
@@ -183,9 +142,9 @@ def test_projection_depends_only_on_its_generator(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_only_z_trains_and_the_model_learns(request, kind):
-    base = predict(build(request, kind))
+    base = class_log_probs(build(request, kind))
     model = build(request, kind, [SMALL])
-    assert torch.equal(predict(model), base)  # z = 0: exactly the base model
+    assert torch.equal(class_log_probs(model), base)  # z = 0: exactly the base model
     targets = model.methods[0].target_names
     trainable = model.trainable_parameters()
     assert set(trainable) == {"intrinsic.z", "intrinsic.scales"}
@@ -193,14 +152,10 @@ def test_only_z_trains_and_the_model_learns(request, kind):
     assert all(model.role_of(n, p) == ("delta", 3e-2) for n, p in trainable.items())
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    losses = train(model, steps=2, lr=3e-2)  # the scales' first gradient comes once z moved
-    for name, parameter in model.named_parameters():
-        if name in trainable:
-            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
-            assert not torch.equal(parameter, before[name]), name
-        else:  # the frozen base weights (now ...parametrizations.<name>.original)
-            assert parameter.grad is None and torch.equal(parameter, before[name]), name
-    losses += train(model, steps=28, lr=3e-2)
+    losses = train_steps(model, TRAIN, steps=2, lr=3e-2)  # the scales' first gradient comes once z moved
+    # The frozen base weights (now ...parametrizations.<name>.original) neither get gradients nor move.
+    assert_only_trainable_moved(model, before, trainable)
+    losses += train_steps(model, TRAIN, steps=28, lr=3e-2)
     assert losses[-1] < 0.6 * losses[0], losses
 
 
@@ -208,7 +163,7 @@ def test_only_z_trains_and_the_model_learns(request, kind):
 def test_default_targets_are_every_weight_but_the_embeddings(request, kind):
     plm = plm_of(request, kind)
     names = [n for n, _ in plm.model.named_parameters()]
-    model = PromptModel(plm, TEMPLATE[plm.family], Verbalizer(WORDS), methods=[{**SMALL, "said": False}])
+    model = prompt_model(plm, [{**SMALL, "said": False}])
     targets = model.methods[0].target_names
     embeddings = {n for n in names if any(e in n for e in ("wte", "wpe", "embed_tokens"))}
     assert embeddings and set(targets) == set(names) - embeddings
@@ -229,7 +184,7 @@ def test_a_tied_embedding_target_moves_in_both_places(request):
     assert model.methods[0].target_names == ["model.embed_tokens.weight"]
     embed, head = model.model.get_input_embeddings(), model.model.get_output_embeddings()
     assert parametrize.is_parametrized(embed) and parametrize.is_parametrized(head)
-    train(model, steps=3, lr=3e-2)
+    train_steps(model, TRAIN, steps=3, lr=3e-2)
     assert torch.equal(embed.weight, head.weight)
     assert not torch.equal(embed.weight, embed.parametrizations.weight.original)
     batch = model.collate(model.encode(TRAIN))
@@ -239,32 +194,29 @@ def test_a_tied_embedding_target_moves_in_both_places(request):
 
 def test_sparse_projection_learns(request):
     model = build(request, "gpt2", [{**SMALL, "projection": "sparse"}])
-    losses = train(model, steps=30, lr=3e-2)
+    losses = train_steps(model, TRAIN, steps=30, lr=3e-2)
     assert losses[-1] < 0.6 * losses[0], losses
 
 
 def test_saved_z_reloads_with_the_same_projection_from_the_seed(request):
     method = {**SMALL, "seed": 7}
     model = build(request, "llama", [method])
-    train(model, steps=5, lr=3e-2)
-    saved = {n: p.detach().clone() for n, p in model.trainable_parameters().items()}
+    train_steps(model, TRAIN, steps=5, lr=3e-2)
     torch.manual_seed(999)  # whatever the global RNG did since
 
     def rebuilt(seed: int) -> PromptModel:
         again = build(request, "llama", [{**method, "seed": seed}])
-        with torch.no_grad():
-            for name, parameter in again.trainable_parameters().items():
-                parameter.copy_(saved[name])
+        load_trained(again, model)
         return again
 
     same = rebuilt(7)
     for first, second in zip(model.intrinsic.projections, same.intrinsic.projections, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(first.buffers(), second.buffers(), strict=True))
-    assert torch.equal(predict(same), predict(model))
-    assert not model.fold() and torch.equal(predict(model), predict(same))  # no folded form
+    assert torch.equal(class_log_probs(same), class_log_probs(model))
+    assert not model.fold() and torch.equal(class_log_probs(model), class_log_probs(same))  # no folded form
     other = rebuilt(8)
     assert not torch.equal(other.intrinsic.projections[0].gauss, model.intrinsic.projections[0].gauss)
-    assert not torch.allclose(predict(other), predict(model), atol=1e-4)
+    assert not torch.allclose(class_log_probs(other), class_log_probs(model), atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,18 @@ from deltaprompt.model import TaskModel
 from deltaprompt.plm import PLM
 from deltaprompt.schema import ConfigError
 
-from .conftest import TOKENIZER_OF, tiny_plm
-from .test_delta_prefix import TEMPLATE, WORDS, labelled_batch, scores, sharpen
+from .conftest import (
+    TEMPLATE,
+    TOKENIZER_OF,
+    TRAIN,
+    assert_only_trainable_moved,
+    labelled_batch,
+    load_trained,
+    responsive,
+    tiny_plm,
+    train_steps,
+)
+from .test_delta_prefix import WORDS, scores
 
 # PEFT asks transformers about gradient checkpointing by a deprecated name when loading.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -66,31 +76,14 @@ def test_only_lora_trains(any_tiny_plm):
         assert model.role_of(name, parameter) == (("delta", 5e-4) if name in trainable else ("plm", None)), name
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
-    batch, labels = labelled_batch(model)
-    optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=1e-3, weight_decay=0.0)
-    F.nll_loss(model(batch), labels).backward()
-    for name, parameter in model.named_parameters():
-        if name in trainable:
-            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
-        else:
-            assert parameter.grad is None, name
-    optimizer.step()
-    for name, parameter in model.named_parameters():
-        assert torch.equal(parameter, before[name]) != (name in trainable), name
+    train_steps(model, TRAIN, steps=1, lr=1e-3)
+    assert_only_trainable_moved(model, before, trainable)
 
 
 def test_loss_falls_on_a_small_task(any_tiny_plm):
-    model = build(sharpen(any_tiny_plm))
+    model = build(responsive(any_tiny_plm))
     model.eval()  # no dropout: the loss curve is the method's alone
-    batch, labels = labelled_batch(model)
-    optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=1e-2, weight_decay=0.0)
-    losses = []
-    for _ in range(30):
-        loss = F.nll_loss(model(batch), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, TRAIN, steps=30, lr=1e-2)
     assert losses[-1] < 0.85 * losses[0], losses
 
 
@@ -98,10 +91,8 @@ def test_trained_lora_reloads_by_parameter_name_onto_a_fresh_plm(roberta_tokeniz
     model = build(tiny_plm("roberta", roberta_tokenizer))
     randomise_b(model)
     model.eval()
-    saved = {name: p.detach().clone() for name, p in model.trainable_parameters().items()}
     fresh = build(tiny_plm("roberta", roberta_tokenizer)).eval()
-    assert set(fresh.trainable_parameters()) == set(saved)
-    assert not fresh.load_state_dict(saved, strict=False).unexpected_keys
+    load_trained(fresh, model)
     torch.testing.assert_close(scores(fresh), scores(model))
 
 
@@ -195,13 +186,9 @@ def test_exported_adapter_loads_in_peft_with_the_same_logits(kind, request, tmp_
     plm = tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
     base, untouched = copy.deepcopy(plm.model), copy.deepcopy(plm.model)
     model = build(plm, use_dora=kind == "gpt2")
-    batch, labels = labelled_batch(model)
-    optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=1e-2)
-    for _ in range(2):  # the second step moves A too (B is non-zero after the first)
-        optimizer.zero_grad()
-        F.nll_loss(model(batch), labels).backward()
-        optimizer.step()
+    train_steps(model, TRAIN, steps=2, lr=1e-2)  # the second step moves A too (B is non-zero after the first)
     model.eval()
+    batch, _ = labelled_batch(model)
     (method,) = model.methods
     directory = method.export(model, tmp_path / "adapter")
     assert sorted(p.name for p in directory.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]

@@ -4,59 +4,22 @@
 import pytest
 import torch
 
-from deltaprompt import Example, PromptModel, Template, Verbalizer
+from deltaprompt import PromptModel, Template, Verbalizer
 from deltaprompt.delta import make_methods
 from deltaprompt.delta.p_tuning.layer import PromptEncoder
 from deltaprompt.model import SoftPrompt
 from deltaprompt.schema import ConfigError
 
-from .conftest import TOKENIZER_OF, tiny_plm
+from .conftest import TRAIN, WORDS, plm_of, responsive, train_steps
 
-WORDS = {"negative": "terrible", "positive": "great"}
 # P-Tuning's layout: prompts around the input (random block in front, text-initialised before the mask).
 TEMPLATE = '{"soft": None, "duplicate": 3} {text} {"soft": "It was"} {mask}'
 END = {"masked": ".", "causal": "", "seq2seq": "."}
-TRAIN = [
-    Example("the movie was great", label="positive"),
-    Example("great acting and a wonderful plot", label="positive"),
-    Example("a wonderful film", label="positive"),
-    Example("the acting was great", label="positive"),
-    Example("a terrible boring film", label="negative"),
-    Example("the plot was dull", label="negative"),
-    Example("boring and terrible", label="negative"),
-    Example("a dull terrible movie", label="negative"),
-]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning OpenMP
-    threads slow them down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def input_sensitive(plm):
-    """The conftest models start at BERT's 0.02 weight scale, where two random layers pass
-    almost nothing of the input to the prediction, leaving a frozen PLM nothing for soft
-    tokens to steer; a wider init makes it react to its input (T5's init already does)."""
-    if plm.family != "seq2seq":
-        torch.manual_seed(1)
-        plm.model.config.initializer_range = 0.5
-        plm.model.apply(plm.model._init_weights)
-    return plm
 
 
 def build(plm, template=TEMPLATE, methods=None, **options) -> PromptModel:
     methods = methods if methods is not None else [{"method": "p_tuning", **options}]
     return PromptModel(plm, template + END[plm.family], Verbalizer(WORDS), methods=methods)
-
-
-def nll(model, batch) -> torch.Tensor:
-    targets = torch.tensor([model.classes.index(e.label) for e in TRAIN])
-    return torch.nn.functional.nll_loss(model(batch), targets)
 
 
 def test_config_and_rewrite():
@@ -80,7 +43,7 @@ def test_config_and_rewrite():
     [("bert", "lstm"), ("gpt2", "lstm"), ("llama", "lstm"), ("t5", "lstm"), ("bert", "mlp"), ("gpt2", "mlp")],
 )
 def test_only_the_encoder_trains_and_the_loss_falls(request, kind, encoder):
-    plm = input_sensitive(tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind])))
+    plm = responsive(plm_of(request, kind))
     model = build(plm, encoder=encoder, lr=1e-2)
     assert isinstance(model.soft_prompt, PromptEncoder)
     trainable = model.trainable_parameters()
@@ -91,28 +54,19 @@ def test_only_the_encoder_trains_and_the_loss_falls(request, kind, encoder):
     rows = 3 + len(plm.tokenizer(" It was", add_special_tokens=False)["input_ids"])
     assert model.soft_prompt().shape == (rows, plm.model.get_input_embeddings().weight.size(1))
 
-    batch = model.collate(model.encode(TRAIN))
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
-    optimizer = torch.optim.AdamW(trainable.values(), lr=1e-2)
-    losses = []
-    for step in range(30):
-        optimizer.zero_grad()
-        loss = nll(model, batch)
-        loss.backward()
-        if step == 0:
-            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.values())
-            assert all(p.grad is None for p in model.model.parameters())
-            old = {n: p.detach().clone() for n, p in trainable.items()}
-        optimizer.step()
-        if step == 0:
-            assert all(not torch.equal(old[n], p.detach()) for n, p in trainable.items())
-        losses.append(loss.item())
+    old = {n: p.detach().clone() for n, p in trainable.items()}
+    losses = train_steps(model, TRAIN, steps=1, lr=1e-2)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.values())
+    assert all(p.grad is None for p in model.model.parameters())
+    assert all(not torch.equal(old[n], p.detach()) for n, p in trainable.items())
+    losses += train_steps(model, TRAIN, steps=29, lr=1e-2)
     assert all(torch.equal(before[k], v) for k, v in model.model.state_dict().items())
     assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_lstm_encoder_is_the_papers(request):
-    plm = tiny_plm("bert", request.getfixturevalue("bert_tokenizer"))
+    plm = plm_of(request, "bert")
     encoder = build(plm).soft_prompt
     assert encoder.lstm.bidirectional and encoder.lstm.num_layers == 2
     assert encoder.lstm.hidden_size * 2 == 32  # PLM width, half per direction
@@ -127,7 +81,7 @@ def test_lstm_encoder_is_the_papers(request):
 
 @pytest.mark.parametrize(("kind", "encoder"), [("bert", "lstm"), ("gpt2", "mlp"), ("t5", "lstm")])
 def test_fold_keeps_predictions_and_leaves_a_plain_table(request, kind, encoder):
-    plm = tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
+    plm = plm_of(request, kind)
     model = build(plm, encoder=encoder, dropout=0.0 if encoder == "mlp" else 0.3).eval()
     batch = model.collate(model.encode(TRAIN))
     with torch.no_grad():
@@ -145,7 +99,7 @@ def test_fold_keeps_predictions_and_leaves_a_plain_table(request, kind, encoder)
 
 
 def test_shared_soft_id_slots_read_the_same_encoder_row(request):
-    plm = tiny_plm("gpt2", request.getfixturevalue("gpt2_tokenizer"))
+    plm = plm_of(request, "gpt2")
     model = build(plm, template='{"soft": None, "soft_id": "s"} {text} {"soft_id": "s"} It was {mask}', encoder="mlp")
     assert model.soft_prompt().shape[0] == 1
     batch = model.collate(model.encode(TRAIN[:2]))
@@ -156,7 +110,7 @@ def test_shared_soft_id_slots_read_the_same_encoder_row(request):
 
 
 def test_with_finetune_the_plm_trains_too(request):
-    plm = tiny_plm("gpt2", request.getfixturevalue("gpt2_tokenizer"))
+    plm = plm_of(request, "gpt2")
     model = build(plm, methods=["p_tuning", "finetune"])
     assert all(p.requires_grad for p in model.model.parameters())
     assert isinstance(model.soft_prompt, PromptEncoder)

@@ -25,38 +25,32 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.pytorch_utils import Conv1D
 
 from deltaprompt import Example, PromptModel, Verbalizer
 from deltaprompt.delta import make_method
 from deltaprompt.delta.prefix.layer import PrefixKV
 from deltaprompt.head import HeadModel
-from deltaprompt.model import TaskModel
 from deltaprompt.plm import PLM
 from deltaprompt.schema import ConfigError
 from deltaprompt.scoring import causal_word_scores
 
-from .conftest import TOKENIZER_OF, tiny_plm
+from .conftest import (
+    TEMPLATE,
+    TOKENIZER_OF,
+    TRAIN,
+    assert_only_trainable_moved,
+    labelled_batch,
+    load_trained,
+    responsive,
+    tiny_plm,
+    train_steps,
+)
 
-TEMPLATE = {"masked": "{text} It was {mask}.", "causal": "{text} It was {mask}", "seq2seq": "{text} It was {mask}."}
 WORDS = {"negative": ["terrible", "boring"], "positive": ["great", "wonderful"]}
 EXAMPLES = [
     Example("the movie was great"),
     Example("a terrible boring film with a dull plot and the acting was wonderful"),
     Example("film"),
-]
-TRAIN = [
-    Example(text, label=label)
-    for text, label in [
-        ("great wonderful acting", "positive"),
-        ("a terrible boring plot", "negative"),
-        ("the movie was wonderful", "positive"),
-        ("dull and boring film", "negative"),
-        ("wonderful great movie", "positive"),
-        ("terrible dull acting", "negative"),
-        ("the acting was great", "positive"),
-        ("a boring terrible movie", "negative"),
-    ]
 ]
 P = 4  # virtual tokens in most tests
 
@@ -73,12 +67,6 @@ def scores(model: PromptModel, examples=EXAMPLES, efficient: bool | None = None)
     batch = model.collate(model.encode(examples))
     with torch.no_grad():
         return model.verbalizer.aggregate(model.word_scores(batch, efficient=efficient), model.label_words)
-
-
-def labelled_batch(model: TaskModel) -> tuple[dict, torch.Tensor]:
-    batch = model.collate(model.encode(TRAIN))
-    labels = torch.tensor([model.classes.index(e.label) for e in TRAIN])
-    return batch, labels
 
 
 def load_prefix(prefix: PrefixKV, pairs) -> None:
@@ -109,47 +97,14 @@ def test_only_the_prefix_trains(any_tiny_plm):
         assert role == (("delta", 1e-2) if name in expected else ("plm", None)), name
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
-    batch, labels = labelled_batch(model)
-    optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=1e-2)
-    F.nll_loss(model(batch), labels).backward()
-    for name, parameter in model.named_parameters():
-        if name in expected:
-            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
-        else:
-            assert parameter.grad is None, name
-    optimizer.step()
-    for name, parameter in model.named_parameters():
-        if name in expected:
-            assert not torch.equal(parameter, before[name]), name
-        else:
-            assert torch.equal(parameter, before[name]), name
-
-
-def sharpen(plm: PLM) -> PLM:
-    """Redraw the tiny model's projections at 1/sqrt(fan-in): at the usual 0.02 the random
-    layers pass almost nothing of the text on, leaving a prefix nothing to work with."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for module in plm.model.modules():
-            if isinstance(module, torch.nn.Linear) and module is not plm.model.get_output_embeddings():
-                module.weight.normal_(0, module.in_features**-0.5)
-            elif isinstance(module, Conv1D):
-                module.weight.normal_(0, module.weight.size(0) ** -0.5)
-    return plm
+    train_steps(model, TRAIN, steps=1, lr=1e-2)
+    assert_only_trainable_moved(model, before, expected)
 
 
 def test_loss_falls_on_a_small_task(any_tiny_plm):
-    model = PromptModel(sharpen(any_tiny_plm), TEMPLATE[any_tiny_plm.family], Verbalizer(WORDS), methods=["prefix"])
+    model = PromptModel(responsive(any_tiny_plm), TEMPLATE[any_tiny_plm.family], Verbalizer(WORDS), methods=["prefix"])
     model.eval()  # no dropout: the loss curve is the method's alone
-    batch, labels = labelled_batch(model)
-    optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=0.1, weight_decay=0.0)
-    losses = []
-    for _ in range(30):
-        loss = F.nll_loss(model(batch), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, TRAIN, steps=30, lr=0.1)
     assert losses[-1] < 0.9 * losses[0], losses
 
 
@@ -194,23 +149,11 @@ def test_config_from_a_mapping_and_its_checks():
 def test_trained_prefix_reloads_by_parameter_name_onto_a_fresh_plm(kind, request):
     tokenizer = request.getfixturevalue(TOKENIZER_OF[kind])
     model = build(tiny_plm(kind, tokenizer))
-    batch, labels = labelled_batch(model)
-    optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=1e-2)
-    F.nll_loss(model(batch), labels).backward()
-    optimizer.step()
+    train_steps(model, TRAIN, steps=1, lr=1e-2)
     model.eval()
-    saved = {name: p.detach().clone() for name, p in model.trainable_parameters().items()}
     fresh = build(tiny_plm(kind, tokenizer)).eval()
-    assert set(fresh.trainable_parameters()) == set(saved)
-    assert not fresh.load_state_dict(saved, strict=False).unexpected_keys
+    load_trained(fresh, model)
     torch.testing.assert_close(scores(fresh), scores(model))
-
-
-def test_a_plm_carrying_another_models_prefix_hooks_is_refused(t5_tokenizer):
-    plm = tiny_plm("t5", t5_tokenizer)
-    build(plm)
-    with pytest.raises(ValueError, match="fresh"):
-        build(plm)
 
 
 def test_a_masked_lm_whose_layers_ignore_the_cache_is_refused(roberta_tokenizer):
@@ -219,6 +162,13 @@ def test_a_masked_lm_whose_layers_ignore_the_cache_is_refused(roberta_tokenizer)
     plm = PLM.from_model(DistilBertForMaskedLM(config).eval(), roberta_tokenizer)
     assert plm.family == "masked"
     with pytest.raises(NotImplementedError, match="ignores past_key_values"):
+        build(plm)
+
+
+def test_a_plm_carrying_another_models_prefix_hooks_is_refused(t5_tokenizer):
+    plm = tiny_plm("t5", t5_tokenizer)
+    build(plm)
+    with pytest.raises(ValueError, match="fresh"):
         build(plm)
 
 
@@ -378,15 +328,13 @@ def test_exported_adapter_loads_in_peft_with_the_same_logits(kind, projection, r
     plm = tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
     base = copy.deepcopy(plm.model)
     model = build(plm, prefix_projection=projection, encoder_hidden_size=16)
-    batch, labels = labelled_batch(model)
-    optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=1e-2)
-    F.nll_loss(model(batch), labels).backward()
-    optimizer.step()
+    train_steps(model, TRAIN, steps=1, lr=1e-2)
     model.eval()
     (method,) = model.methods
     directory = method.export(model, tmp_path / "adapter")
     assert sorted(p.name for p in directory.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     peft_model = PeftModel.from_pretrained(base, directory).eval()
+    batch, _ = labelled_batch(model)
     with torch.no_grad():
         ours = plm.model(**model.embed(batch)).logits
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}

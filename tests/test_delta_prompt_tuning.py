@@ -7,56 +7,17 @@ import warnings
 import pytest
 import torch
 
-from deltaprompt import Example, PromptModel, Template, Verbalizer
+from deltaprompt import PromptModel, Template, Verbalizer
 from deltaprompt.delta import make_methods
 from deltaprompt.delta.prompt_tuning.model import common_token_ids
 from deltaprompt.schema import ConfigError
 
-from .conftest import TOKENIZER_OF, tiny_plm
-
-WORDS = {"negative": "terrible", "positive": "great"}
-TEMPLATE = {"masked": "{text} It was {mask}.", "causal": "{text} It was {mask}", "seq2seq": "{text} It was {mask}."}
-TRAIN = [
-    Example("the movie was great", label="positive"),
-    Example("great acting and a wonderful plot", label="positive"),
-    Example("a wonderful film", label="positive"),
-    Example("the acting was great", label="positive"),
-    Example("a terrible boring film", label="negative"),
-    Example("the plot was dull", label="negative"),
-    Example("boring and terrible", label="negative"),
-    Example("a dull terrible movie", label="negative"),
-]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning OpenMP
-    threads slow them down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def input_sensitive(plm):
-    """The conftest models start at BERT's 0.02 weight scale, where two random layers pass
-    almost nothing of the input to the prediction, leaving a frozen PLM nothing for soft
-    tokens to steer; a wider init makes it react to its input (T5's init already does)."""
-    if plm.family != "seq2seq":
-        torch.manual_seed(1)
-        plm.model.config.initializer_range = 0.5
-        plm.model.apply(plm.model._init_weights)
-    return plm
+from .conftest import TEMPLATE, TRAIN, WORDS, plm_of, responsive, train_steps
 
 
 def build(plm, template=None, **options) -> PromptModel:
     spec = {"method": "prompt_tuning", "num_tokens": 4, **options}
     return PromptModel(plm, template or TEMPLATE[plm.family], Verbalizer(WORDS), methods=[spec])
-
-
-def nll(model, batch, examples=TRAIN) -> torch.Tensor:
-    targets = torch.tensor([model.classes.index(e.label) for e in examples])
-    return torch.nn.functional.nll_loss(model(batch), targets)
 
 
 def test_rewrite_puts_the_soft_tokens_first_and_keeps_the_rest():
@@ -92,7 +53,7 @@ def test_config_is_checked():
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama", "t5"])
 def test_only_the_prepended_tokens_train_and_the_loss_falls(request, kind):
-    plm = input_sensitive(tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind])))
+    plm = responsive(plm_of(request, kind))
     model = build(plm)
     assert set(model.trainable_parameters()) == {"soft_prompt.weight"}
     table = model.soft_prompt.weight
@@ -105,27 +66,19 @@ def test_only_the_prepended_tokens_train_and_the_loss_falls(request, kind):
         assert columns.tolist() == list(range(first, first + 4))
 
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
-    optimizer = torch.optim.AdamW([table], lr=3e-2)
-    losses = []
-    for step in range(30):
-        optimizer.zero_grad()
-        loss = nll(model, batch)
-        loss.backward()
-        if step == 0:
-            assert (table.grad.abs().sum(1) > 0).all()
-            assert all(p.grad is None for p in model.model.parameters())
-            old = table.detach().clone()
-        optimizer.step()
-        if step == 0:
-            assert not torch.equal(old, table.detach())
-        losses.append(loss.item())
+    old = table.detach().clone()
+    losses = train_steps(model, TRAIN, steps=1, lr=3e-2)
+    assert (table.grad.abs().sum(1) > 0).all()
+    assert all(p.grad is None for p in model.model.parameters())
+    assert not torch.equal(old, table.detach())
+    losses += train_steps(model, TRAIN, steps=29, lr=3e-2)
     assert all(torch.equal(before[k], v) for k, v in model.model.state_dict().items())
     assert losses[-1] < 0.8 * losses[0], losses
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 def test_text_init_rows_are_the_text_embeddings_cycled(request, kind):
-    plm = tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
+    plm = plm_of(request, kind)
     ids = plm.tokenizer("great movie", add_special_tokens=False)["input_ids"]
     model = build(plm, num_tokens=2 * len(ids) + 1, init="text", init_text="great movie")
     expected = plm.model.get_input_embeddings()(torch.tensor((ids * 3)[: 2 * len(ids) + 1]))
@@ -133,7 +86,7 @@ def test_text_init_rows_are_the_text_embeddings_cycled(request, kind):
 
 
 def test_vocab_init_draws_distinct_ordinary_tokens(request):
-    plm = tiny_plm("bert", request.getfixturevalue("bert_tokenizer"))
+    plm = plm_of(request, "bert")
     model = build(plm, num_tokens=6)
     embeddings = plm.model.get_input_embeddings().weight.detach()
     pool = common_token_ids(plm.tokenizer, embeddings.size(0))
@@ -153,7 +106,7 @@ def test_vocab_init_draws_distinct_ordinary_tokens(request):
 def test_peft_adapter_gives_the_same_logits(request, kind, tmp_path):
     from peft import PeftModel
 
-    plm = tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
+    plm = plm_of(request, kind)
     base = copy.deepcopy(plm.model)
     model = build(plm, num_tokens=5)
     assert model.prompt_tokenizer.prefix_ids == []  # PEFT puts its tokens before everything
@@ -180,7 +133,7 @@ def test_peft_adapter_gives_the_same_logits(request, kind, tmp_path):
 def test_peft_adapter_for_t5_feeds_the_encoder(request, tmp_path):
     from peft import PeftModel
 
-    plm = tiny_plm("t5", request.getfixturevalue("t5_tokenizer"))
+    plm = plm_of(request, "t5")
     base = copy.deepcopy(plm.model)
     model = build(plm, num_tokens=3)
     written = model.methods[0].export(model, tmp_path)
@@ -198,12 +151,12 @@ def test_peft_adapter_for_t5_feeds_the_encoder(request, tmp_path):
 
 
 def test_no_peft_adapter_when_peft_cannot_express_the_model(request, tmp_path, caplog):
-    bert = tiny_plm("bert", request.getfixturevalue("bert_tokenizer"))
+    bert = plm_of(request, "bert")
     with caplog.at_level(logging.INFO, logger="deltaprompt.delta.prompt_tuning.model"):
         model = build(bert)
         assert model.methods[0].export(model, tmp_path / "a") is None
     assert "before the input" in caplog.text  # [CLS] comes before the soft tokens
-    gpt2 = tiny_plm("gpt2", request.getfixturevalue("gpt2_tokenizer"))
+    gpt2 = plm_of(request, "gpt2")
     middle = build(gpt2, template='{text} {"soft": "It was"} {mask}', num_tokens=0)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="deltaprompt.delta.prompt_tuning.model"):

@@ -6,50 +6,10 @@ import torch
 from deltaprompt import Example
 from deltaprompt.head import HeadModel, pair_template_text
 
-from .conftest import TOKENIZER_OF, tiny_plm
+from .conftest import TRAIN, plm_of, responsive, train_steps
 
 CLASSES = ["negative", "positive"]
 TEXTS = ["the movie was great", "a terrible boring film with a dull plot", "film"]  # three lengths
-TRAIN = [
-    Example("the movie was great", label="positive"),
-    Example("great acting and a wonderful plot", label="positive"),
-    Example("a wonderful film", label="positive"),
-    Example("the acting was great", label="positive"),
-    Example("a terrible boring film", label="negative"),
-    Example("the plot was dull", label="negative"),
-    Example("boring and terrible", label="negative"),
-    Example("a dull terrible movie", label="negative"),
-]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning OpenMP
-    threads slow them down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def plm_of(request, kind):
-    return tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
-
-
-def input_sensitive(plm):
-    """The conftest models start at BERT's 0.02 weight scale, where two random layers pass
-    almost nothing of the input on (the [CLS] state barely depends on the text); a wider init
-    makes a frozen one worth probing (T5's init already is)."""
-    if plm.family != "seq2seq":
-        torch.manual_seed(1)
-        plm.model.config.initializer_range = 0.5
-        plm.model.apply(plm.model._init_weights)
-    return plm
-
-
-def nll(model, batch) -> torch.Tensor:
-    targets = torch.tensor([model.classes.index(e.label) for e in TRAIN])
-    return torch.nn.functional.nll_loss(model(batch), targets)
 
 
 def by_hand_pooled(plm, text: str, pooling: str) -> torch.Tensor:
@@ -162,27 +122,18 @@ def test_refusals(request):
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "t5"])
 def test_frozen_plm_only_the_head_trains_and_the_loss_falls(request, kind):
-    plm = input_sensitive(plm_of(request, kind))
+    plm = responsive(plm_of(request, kind))
     model = HeadModel(plm, CLASSES, methods=[]).eval()  # eval: no dropout, a deterministic check
     trainable = model.trainable_parameters()
     assert set(trainable) == {"head.1.weight", "head.1.bias"}
     assert all(model.role_of(n, p) == ("head", None) for n, p in trainable.items())
-    batch = model.collate(model.encode(TRAIN))
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
-    optimizer = torch.optim.AdamW(trainable.values(), lr=3e-2)
-    losses = []
-    for step in range(30):
-        optimizer.zero_grad()
-        loss = nll(model, batch)
-        loss.backward()
-        if step == 0:
-            assert all(p.grad.abs().sum() > 0 for p in trainable.values())
-            assert all(p.grad is None for p in model.model.parameters())
-            old = {n: p.detach().clone() for n, p in trainable.items()}
-        optimizer.step()
-        if step == 0:
-            assert all(not torch.equal(old[n], p.detach()) for n, p in trainable.items())
-        losses.append(loss.item())
+    old = {n: p.detach().clone() for n, p in trainable.items()}
+    losses = train_steps(model, TRAIN, steps=1, lr=3e-2)
+    assert all(p.grad.abs().sum() > 0 for p in trainable.values())
+    assert all(p.grad is None for p in model.model.parameters())
+    assert all(not torch.equal(old[n], p.detach()) for n, p in trainable.items())
+    losses += train_steps(model, TRAIN, steps=29, lr=3e-2)
     assert all(torch.equal(before[k], v) for k, v in model.model.state_dict().items())
     assert losses[-1] < 0.8 * losses[0], losses
 
@@ -195,16 +146,8 @@ def test_full_fine_tuning_trains_the_plm_and_the_loss_falls(request, kind):
     assert set(model.trainable_parameters()) == set(parameters)
     assert {model.role_of(n, p)[0] for n, p in parameters.items() if n.startswith("model.")} == {"plm"}
     assert {model.role_of(n, p)[0] for n, p in parameters.items() if not n.startswith("model.")} == {"head"}
-    batch = model.collate(model.encode(TRAIN))
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
-    optimizer = torch.optim.AdamW(parameters.values(), lr=1e-3)
-    losses = []
-    for _ in range(20):
-        optimizer.zero_grad()
-        loss = nll(model, batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, TRAIN, steps=20, lr=1e-3)
     assert any(not torch.equal(before[k], v) for k, v in model.model.state_dict().items())
     assert losses[-1] < 0.8 * losses[0], losses
 

@@ -2,34 +2,20 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from deltaprompt import Example, PromptModel, Verbalizer
 
-from .conftest import TOKENIZER_OF, tiny_plm
+from .conftest import labelled_batch, plm_of
 
 WORDS = Verbalizer({"negative": "terrible", "positive": "great"})
 EXAMPLES = [Example("the movie was great", label="positive"), Example("a boring film with a dull plot", label="negative")]
 END = {"masked": ".", "causal": "", "seq2seq": "."}  # a causal LM predicts at the end
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning OpenMP
-    threads slow them down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(request, kind: str, template: str) -> PromptModel:
-    plm = tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
+    plm = plm_of(request, kind)
     return PromptModel(plm, template + END[plm.family], WORDS, methods=[])
-
-
-def nll(model: PromptModel, batch) -> torch.Tensor:
-    targets = torch.tensor([model.classes.index(e.label) for e in EXAMPLES])
-    return torch.nn.functional.nll_loss(model(batch), targets)
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama", "t5"])
@@ -37,7 +23,7 @@ def test_soft_tokens_in_the_middle_are_placed_there_and_get_gradients(request, k
     model = build(request, kind, '{text} {"soft": None, "duplicate": 2} It was {mask}')
     assert set(model.trainable_parameters()) == {"soft_prompt.weight"}
     assert model.role_of("soft_prompt.weight", model.soft_prompt.weight) == ("soft", None)
-    batch = model.collate(model.encode(EXAMPLES))
+    batch, labels = labelled_batch(model, EXAMPLES)
     soft_index = batch["soft_index"]
     for row in range(len(EXAMPLES)):
         columns = (soft_index[row] >= 0).nonzero().flatten().tolist()
@@ -54,7 +40,7 @@ def test_soft_tokens_in_the_middle_are_placed_there_and_get_gradients(request, k
 
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
     optimizer = torch.optim.AdamW([table], lr=1e-2)
-    nll(model, batch).backward()
+    F.nll_loss(model(batch), labels).backward()
     assert table.grad is not None and (table.grad.abs().sum(1) > 0).all()
     assert all(p.grad is None for p in model.model.parameters())
     old = table.detach().clone()
@@ -67,7 +53,7 @@ def test_soft_tokens_in_the_middle_are_placed_there_and_get_gradients(request, k
 def test_a_soft_id_shares_one_row_and_its_gradient_sums_both_slots(request, kind):
     model = build(request, kind, '{"soft": None, "soft_id": 1} {text} {"soft_id": 1} It was {mask}')
     assert model.soft_prompt.weight.shape[0] == 1  # one vector for the two slots
-    batch = model.collate(model.encode(EXAMPLES))
+    batch, labels = labelled_batch(model, EXAMPLES)
     assert ((batch["soft_index"] == 0).sum(1) == 2).all()
 
     captured = {}
@@ -80,7 +66,7 @@ def test_a_soft_id_shares_one_row_and_its_gradient_sums_both_slots(request, kind
         return inputs
 
     model.embed = embed_keeping_grad
-    nll(model, batch).backward()
+    F.nll_loss(model(batch), labels).backward()
     per_slot = captured["embeds"].grad[batch["soft_index"] == 0]  # (2 examples x 2 slots, H)
     assert (per_slot.abs().sum(1) > 0).all()  # both slots contribute
     torch.testing.assert_close(model.soft_prompt.weight.grad[0], per_slot.sum(0), atol=1e-6, rtol=1e-5)
