@@ -109,7 +109,7 @@ def test_loss_falls_on_a_small_task(any_tiny_plm):
 
 
 def test_changing_the_prefix_changes_predictions(any_tiny_plm):
-    model = build(any_tiny_plm)
+    model = build(any_tiny_plm, init="random")  # unit-scale keys/values: a change is visible
     model.eval()
     first = scores(model)
     assert model.efficient_head
@@ -347,3 +347,28 @@ def test_t5_exports_no_peft_adapter(t5_tokenizer, tmp_path):
     (method,) = model.methods
     assert method.export(model, tmp_path / "adapter") is None
     assert not (tmp_path / "adapter").exists()
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_text_init_starts_from_the_models_own_keys_and_values(kind, request):
+    """init="text": the prefix is what the PLM computes for those tokens, so training starts
+    from a prefix the model can read; "vocab" does the same for common tokens; "random" is
+    PEFT's N(0, 1) table."""
+    plm = tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind]))
+    text = "the acting was wonderful and"
+    model = build(plm, init="text", init_text=text)
+    ids = token_ids(plm, text, P)
+    cache = DynamicCache()
+    with torch.no_grad():
+        plm.model(input_ids=torch.tensor([ids]), past_key_values=cache)
+    for layer, (keys, values) in zip(cache.layers, model.prefix[next(iter(model.prefix))](1), strict=True):
+        torch.testing.assert_close(keys, layer.keys)
+        torch.testing.assert_close(values, layer.values)
+    vocab = build(tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind])))
+    random = build(tiny_plm(kind, request.getfixturevalue(TOKENIZER_OF[kind])), init="random")
+    with torch.no_grad():
+        vocab_std = float(next(iter(vocab.prefix.values())).table().std())
+        random_std = float(next(iter(random.prefix.values())).table().std())
+    assert vocab_std < 0.5 * random_std  # activations of real tokens, not unit-variance noise

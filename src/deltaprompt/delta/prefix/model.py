@@ -91,10 +91,46 @@ class PrefixTuning(DeltaMethod):
         else:
             side = "decoder" if family == "causal" else "encoder"
             prefixes[side] = self._prefix(_stack_shapes(model), family).to(device)
+            self._init_from_tokens(task, prefixes[side])
             task.input_transforms.append(PrefixInputs(PrefixCache(prefixes[side], model), count))
             _leave_room(task, count)
         task.prefix = prefixes
         task.claim(prefixes.parameters(), "delta", self.config.lr)
+
+    def _init_from_tokens(self, task: TaskModel, prefix: PrefixKV) -> None:
+        """Start the prefix as the keys/values the PLM computes for real tokens (``init``)."""
+        config = self.config
+        if config.init == "random" or config.prefix_projection:
+            return
+        from ..prompt_tuning.model import common_token_ids
+
+        tokenizer = task.plm.tokenizer
+        count = config.num_virtual_tokens
+        if config.init == "text":
+            ids = tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+            ids = (ids * (count // max(len(ids), 1) + 1))[:count]
+        else:
+            pool = common_token_ids(tokenizer, task.model.get_input_embeddings().weight.size(0))
+            ids = [pool[i] for i in torch.randperm(len(pool))[:count].tolist()]
+        model = task.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                device = next(model.parameters()).device
+                ids_tensor = torch.tensor([ids], device=device)
+                cache = DynamicCache()  # filled in place, by decoder and (BERT-style) encoder layers
+                model(input_ids=ids_tensor, attention_mask=torch.ones_like(ids_tensor), past_key_values=cache)
+        finally:
+            model.train(was_training)
+        layers = getattr(cache, "layers", None)
+        if not layers or len(layers) != prefix.peft_config.num_layers or getattr(layers[0], "keys", None) is None:
+            logger.warning("the PLM returned no usable cache for prefix initialisation; the prefix starts random")
+            return
+        rows = [t[0] for layer in layers for t in (layer.keys, layer.values)]  # 2 x layers of (H, P, D)
+        table = torch.stack(rows).permute(2, 0, 1, 3).reshape(count, -1)
+        with torch.no_grad():
+            prefix.prompt_encoder.embedding.weight.copy_(table)
 
     def _prefix(self, shapes: list[tuple[int, int]], family: str) -> PrefixKV:
         from peft import PrefixTuningConfig
