@@ -229,3 +229,29 @@ def write_results(out_dir: Path, name: str, payload: dict[str, Any], markdown: s
 
 def mark(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+# ----------------------------------------------------------------------------- training benchmarks
+
+# The SST-2 prompt both training benchmarks use, and their rows: (row key, classifier kind,
+# method spec). Each method at its config's defaults, except that P-Tuning prepends 20
+# encoded soft tokens (as prompt tuning does): the template has none of its own to encode.
+SST2_MODEL = "smollm2-135m"
+SST2_TEMPLATE = "Review: {text}\nSentiment: {mask}"
+SST2_LABEL_WORDS = {"negative": "negative", "positive": "positive"}
+SST2_CLASSES = ("negative", "positive")
+METHOD_RUNS: list[tuple[str, str, dict[str, Any]]] = [
+    ("finetune", "prompt", {"method": "finetune"}),
+    ("prompt_tuning", "prompt", {"method": "prompt_tuning"}),
+    ("p_tuning", "prompt", {"method": "p_tuning", "num_tokens": 20}),
+    ("prefix", "prompt", {"method": "prefix"}),
+    ("lora", "prompt", {"method": "lora"}),
+    ("adapter", "prompt", {"method": "adapter"}),
+    ("bitfit", "prompt", {"method": "bitfit"}),
+    ("intrinsic", "prompt", {"method": "intrinsic"}),
+    ("head_finetune", "head", {"method": "finetune"}),
+]
+METHOD_ROW_NAMES = {
+    "finetune": "finetune (prompt-oriented, all weights)",
+    "head_finetune": "classic head fine-tuning (all weights + linear head)",
+}

@@ -35,32 +35,16 @@ from typing import Any
 
 import _common as common
 
-MODEL = "smollm2-135m"
-TEMPLATE = "Review: {text}\nSentiment: {mask}"
-LABEL_WORDS = {"negative": "negative", "positive": "positive"}
-CLASSES = ("negative", "positive")
+MODEL = common.SST2_MODEL
+TEMPLATE = common.SST2_TEMPLATE
+LABEL_WORDS = common.SST2_LABEL_WORDS
+CLASSES = common.SST2_CLASSES
 SEEDS = (13, 21, 42, 87, 100)  # LM-BFF's
 FINETUNE_LR = 1e-5  # LM-BFF's full fine-tuning rate (TrainConfig's default ``lr``)
 
-# (row key, kind, method spec or None for zero-shot). Methods at their configs' defaults,
-# except that P-Tuning prepends 20 encoded soft tokens: the template has none of its own.
-RUNS: list[tuple[str, str, dict[str, Any] | None]] = [
-    ("zero_shot", "prompt", None),
-    ("finetune", "prompt", {"method": "finetune"}),
-    ("prompt_tuning", "prompt", {"method": "prompt_tuning"}),
-    ("p_tuning", "prompt", {"method": "p_tuning", "num_tokens": 20}),
-    ("prefix", "prompt", {"method": "prefix"}),
-    ("lora", "prompt", {"method": "lora"}),
-    ("adapter", "prompt", {"method": "adapter"}),
-    ("bitfit", "prompt", {"method": "bitfit"}),
-    ("intrinsic", "prompt", {"method": "intrinsic"}),
-    ("head_finetune", "head", {"method": "finetune"}),
-]
-ROW_NAMES = {
-    "zero_shot": "zero-shot (same prompt, no training)",
-    "finetune": "finetune (prompt-oriented, all weights)",
-    "head_finetune": "classic head fine-tuning (all weights + linear head)",
-}
+# (row key, kind, method spec or None for zero-shot): zero-shot first, then every method.
+RUNS: list[tuple[str, str, dict[str, Any] | None]] = [("zero_shot", "prompt", None), *common.METHOD_RUNS]
+ROW_NAMES = {"zero_shot": "zero-shot (same prompt, no training)", **common.METHOD_ROW_NAMES}
 
 
 def default_lr(spec: dict[str, Any]) -> float:

@@ -44,32 +44,15 @@ from typing import Any
 
 import _common as common
 
-MODEL = "smollm2-135m"
-TEMPLATE = "Review: {text}\nSentiment: {mask}"
+MODEL = common.SST2_MODEL
+TEMPLATE = common.SST2_TEMPLATE
 HEAD_TEMPLATE = "Review: {text}\nSentiment:"  # the same prompt for the head model, no mask
 PLAIN_PROMPT = "Review: {text}\nSentiment:"
-LABEL_WORDS = {"negative": "negative", "positive": "positive"}
-CLASSES = ("negative", "positive")
+LABEL_WORDS = common.SST2_LABEL_WORDS
+CLASSES = common.SST2_CLASSES
 BATCH = 8
-
-# (row key, classifier kind, method spec). Each method at its config's defaults, except that
-# P-Tuning prepends 20 encoded soft tokens (as prompt tuning does): the template has none of
-# its own for it to encode.
-RUNS: list[tuple[str, str, dict[str, Any]]] = [
-    ("finetune", "prompt", {"method": "finetune"}),
-    ("prompt_tuning", "prompt", {"method": "prompt_tuning"}),
-    ("p_tuning", "prompt", {"method": "p_tuning", "num_tokens": 20}),
-    ("prefix", "prompt", {"method": "prefix"}),
-    ("lora", "prompt", {"method": "lora"}),
-    ("adapter", "prompt", {"method": "adapter"}),
-    ("bitfit", "prompt", {"method": "bitfit"}),
-    ("intrinsic", "prompt", {"method": "intrinsic"}),
-    ("head_finetune", "head", {"method": "finetune"}),
-]
-ROW_NAMES = {
-    "finetune": "finetune (prompt-oriented, all weights)",
-    "head_finetune": "classic head fine-tuning (all weights + linear head)",
-}
+RUNS = common.METHOD_RUNS
+ROW_NAMES = common.METHOD_ROW_NAMES
 MODEL_CONFIGS = ("roberta-base", "roberta-large", "llama-1b")
 
 
