@@ -98,3 +98,4 @@ def test_saving_replaces_atomically_and_never_clobbers_other_folders(gpt2_tokeni
 def test_loading_a_folder_that_is_not_a_classifier(tmp_path):
     with pytest.raises(artifacts.ArtifactError, match="no deltaprompt.json"):
         load(tmp_path)
+

@@ -1,4 +1,4 @@
-"""PromptClassifier: predictions independent of batching, calibration, evaluation."""
+"""PromptClassifier: predictions independent of batching, calibration, evaluation, fit options."""
 
 import numpy as np
 import pytest
@@ -69,3 +69,12 @@ def test_verbalizer_must_cover_the_task_classes(gpt2_tokenizer):
         PromptClassifier(plm, "{text} {mask}", {"positive": "great"}, classes=["negative", "positive"])
     with pytest.raises(ValueError, match="exactly one"):
         PromptClassifier(plm, "{text}", Verbalizer({"a": "great", "b": "terrible"}))
+
+
+def test_fit_options_are_checked_by_name(gpt2_tokenizer):
+    clf = PromptClassifier(tiny_plm("gpt2", gpt2_tokenizer), '{"soft"} {text} it was {mask}',
+                           {"neg": "terrible", "pos": "great"}, methods=[])
+    with pytest.raises(ValueError, match="unknown key 'epoch'; did you mean 'epochs'"):
+        clf.fit([Example("great", label="pos")], epoch=2)
+    with pytest.raises(ValueError, match="batch_size: expected int"):
+        clf.fit([Example("great", label="pos")], batch_size="8")

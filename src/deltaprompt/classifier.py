@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +31,7 @@ from .head import HeadModel, Pooling
 from .metrics import Evaluation
 from .model import PromptModel, TaskModel
 from .plm import PLM, Family, load_plm
+from .schema import from_dict
 from .structure import ParameterCount, count_parameters, structure
 from .template import POST_PROCESSORS, Template
 from .tokenization import Truncation
@@ -109,7 +110,9 @@ class Classifier:
         """Train on labelled examples (``dev``: for early stopping and picking the best
         checkpoint). ``overrides``: TrainConfig fields, e.g. ``epochs=20, lr=1e-4``. A model
         built without ``methods`` is fully fine-tuned (prompt-oriented fine-tuning)."""
-        config = replace(config or TrainConfig(), **overrides)
+        base = config or TrainConfig()
+        config = from_dict(TrainConfig, {**{f.name: getattr(base, f.name) for f in fields(TrainConfig)}, **overrides},
+                           "fit options") if overrides else base
         if not self.model.methods_applied:
             logger.info("no delta methods given: training all weights (finetune)")
             self.model.setup_methods(make_methods(["finetune"]))
