@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
 import sys
 import time
@@ -175,7 +176,28 @@ def aggregate(key: str, kind: str, spec: dict[str, Any] | None, runs: list[dict[
     return row
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+# Settings a resumed run must share with the saved one (its runs are reused as they are).
+SAME_FOR_RESUME = ("shots", "epochs", "patience", "eval_every", "batch_size", "eval_batch_size", "lr_grid",
+                   "test_limit")
+
+
+def previous_runs(args: argparse.Namespace) -> tuple[dict[tuple[str, int], dict[str, Any]], float]:
+    """Finished runs of an earlier (interrupted) invocation with the same settings, by
+    (method, seed), and its wall time; nothing unless ``--resume``."""
+    path = args.output_dir / f"{args.name}.json"
+    if not args.resume or not path.is_file():
+        return {}, 0.0
+    saved = json.loads(path.read_text())
+    changed = [k for k in SAME_FOR_RESUME if saved.get("settings", {}).get(k) != getattr(args, k)]
+    if changed:
+        raise SystemExit(f"--resume: {path} was run with different {', '.join(changed)}; not mixing them")
+    runs = {(r["key"], r["seed"]): r for row in saved["methods"] for r in row["runs"] if "error" not in r}
+    common.log(f"resuming: {len(runs)} finished run(s) from {path}")
+    return runs, float(saved.get("wall_s", 0.0))
+
+
+def run(args: argparse.Namespace, checkpoint: Any = None) -> dict[str, Any]:
+    """Every (seed, method); after each one, ``checkpoint(payload)`` gets the results so far."""
     import torch
 
     from deltaprompt import few_shot_split, load_task
@@ -195,13 +217,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                f"seeds {seeds}; {args.shots} per class for training and {args.shots} per class as dev")
     common.log(f"machine: {common.machine_line(machine)}")
     selected = [r for r in RUNS if r[0] in args.methods]
+    done, earlier_wall_s = previous_runs(args)
     results: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in selected}
     splits = {}
     started = time.perf_counter()
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings.update(data_dir=str(data_dir), seeds_used=seeds, test_examples=len(test))
+    hyper = {key: ({"lr_default": default_lr(spec), "method": spec} if spec else None) for key, _, spec in selected}
+    total = len(seeds) * len(selected)
+
+    def payload() -> dict[str, Any]:
+        finished = sum(len(v) for v in results.values())
+        machine["loadavg_at_end"] = common.load_average()
+        return {
+            "benchmark": "few_shot",
+            "complete": finished == total,
+            "runs_finished": f"{finished} of {total}",
+            "model": MODEL,
+            "template": TEMPLATE,
+            "label_words": LABEL_WORDS,
+            "settings": settings,
+            "train_config": train_config(args, seeds[0]) | {"seed": "the split seed"},
+            "hyper_parameters": hyper,
+            "machine": machine,
+            "wall_s": round(earlier_wall_s + time.perf_counter() - started, 1),
+            "resumed_runs": len([1 for key, _, _ in selected for seed in seeds if (key, seed) in done]),
+            "methods": [aggregate(key, kind, spec, results[key]) for key, kind, spec in selected],
+            "splits": splits,
+        }
+
     for seed in seeds:
         train, dev = few_shot_split(pool, args.shots, seed, CLASSES, dev_per_class=args.shots)
         splits[seed] = {"train": [e.text for e in train], "dev": [e.text for e in dev]}
         for key, kind, spec in selected:
+            if (key, seed) in done:
+                common.log(f"\n== seed {seed}: {key}: done in the earlier run, reused")
+                results[key].append(done[key, seed])
+                continue
             common.log(f"\n== seed {seed}: {key}")
             try:
                 results[key].append(run_one(args, key, kind, spec, seed, train, dev, test))
@@ -209,24 +261,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 common.log(f"  FAILED: {type(exc).__name__}: {exc}")
                 results[key].append({"key": key, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
                 gc.collect()
-    rows = [aggregate(key, kind, spec, results[key]) for key, kind, spec in selected]
-    machine["loadavg_at_end"] = common.load_average()
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    settings.update(data_dir=str(data_dir), seeds_used=seeds, test_examples=len(test))
-    hyper = {key: ({"lr_default": default_lr(spec), "method": spec} if spec else None) for key, _, spec in selected}
-    return {
-        "benchmark": "few_shot",
-        "model": MODEL,
-        "template": TEMPLATE,
-        "label_words": LABEL_WORDS,
-        "settings": settings,
-        "train_config": train_config(args, seeds[0]) | {"seed": "the split seed"},
-        "hyper_parameters": hyper,
-        "machine": machine,
-        "wall_s": round(time.perf_counter() - started, 1),
-        "methods": rows,
-        "splits": splits,
-    }
+            if checkpoint is not None:
+                checkpoint(payload())
+    return payload()
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -287,6 +324,11 @@ def render_markdown(payload: dict[str, Any]) -> str:
         f"Machine: {common.machine_line(payload['machine'])}; the machine was shared with other jobs, so "
         f"times are indicative; total wall time {payload['wall_s']:.0f} s.",
     ]
+    if not payload.get("complete", True):
+        notes.insert(0, f"**Partial results**: {payload['runs_finished']} runs finished so far.")
+    if payload.get("resumed_runs"):
+        notes.append(f"{payload['resumed_runs']} run(s) were taken over from an earlier, interrupted invocation "
+                     "with the same settings (`--resume`); the wall time adds up both.")
     return (f"### Few-shot SST-2 ({s['shots']}-shot, {payload['model']}, CPU)\n\n{table}\n"
             + "\n".join(f"- {n}" for n in notes) + "\n")
 
@@ -311,6 +353,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--output-dir", type=Path, default=common.RESULTS_DIR)
     parser.add_argument("--name", default="few_shot", help="results file stem")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the finished runs in an interrupted run's results (same settings)")
     args = parser.parse_args(argv)
     if not 1 <= args.seeds <= len(SEEDS):
         parser.error(f"--seeds must be between 1 and {len(SEEDS)}")
@@ -334,10 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
         print(f"model not available: {exc}\nNothing was measured and no results were written.")
         return 0
-    payload = run(args)
-    markdown = render_markdown(payload)
-    json_path, md_path = common.write_results(args.output_dir, args.name, payload, markdown)
-    common.log("\n" + markdown)
+
+    def write(payload: dict[str, Any]) -> tuple[Path, Path]:
+        return common.write_results(args.output_dir, args.name, payload, render_markdown(payload))
+
+    payload = run(args, checkpoint=write)
+    json_path, md_path = write(payload)
+    common.log("\n" + render_markdown(payload))
     common.log(f"wrote {json_path} and {md_path}")
     return 0
 
