@@ -40,6 +40,7 @@ from .verbalizer import Aggregation, MultiToken, Verbalizer
 
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. (2021)
 logger = logging.getLogger(__name__)
+KINDS: dict[str, type[Classifier]] = {}  # "kind" in a saved description -> the class that loads it
 
 
 class Classifier:
@@ -48,6 +49,11 @@ class Classifier:
 
     kind: ClassVar[str]
     model: TaskModel
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:  # every concrete classifier can be loaded by its kind
+            KINDS[cls.kind] = cls
 
     def __init__(self, batch_size: int, progress: bool | None):
         if batch_size < 1:
@@ -167,9 +173,8 @@ class Classifier:
         """Rebuild a saved classifier. ``plm``: the base model, already loaded (default: load it
         by the saved name); refused when its weights are not the ones trained on."""
         description, tensors = artifacts.read(directory)
-        kinds = {c.kind: c for c in (PromptClassifier, HeadClassifier)}
         kind = description.get("kind")
-        if kind not in kinds:
+        if kind not in KINDS:
             raise artifacts.ArtifactError(f"{directory}: unknown classifier kind {kind!r}")
         base = description["base_model"]
         if plm is None:
@@ -181,7 +186,7 @@ class Classifier:
         methods = None if saved_methods is None else [make_method(dict(m), f"{directory} methods") for m in saved_methods]
         with warnings.catch_warnings():  # random soft tokens are about to be overwritten
             warnings.filterwarnings("ignore", message="the template has randomly initialised soft tokens")
-            classifier = kinds[kind]._rebuild(description, plm, methods)
+            classifier = KINDS[kind]._rebuild(description, plm, methods)
         model = classifier.model
         if description.get("folded"):
             model.fold()
