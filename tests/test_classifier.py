@@ -78,3 +78,12 @@ def test_fit_options_are_checked_by_name(gpt2_tokenizer):
         clf.fit([Example("great", label="pos")], epoch=2)
     with pytest.raises(ValueError, match="batch_size: expected int"):
         clf.fit([Example("great", label="pos")], batch_size="8")
+
+
+def test_predicting_leaves_the_shared_plm_in_eval_mode(gpt2_tokenizer):
+    """A classifier built on a loaded PLM must not switch its dropout on by predicting."""
+    plm = tiny_plm("gpt2", gpt2_tokenizer)
+    plm.model.eval()
+    classifier = PromptClassifier(plm, "{text} It was {mask}", "negative: terrible; positive: great")
+    classifier.predict_proba(["a fine film"])
+    assert not any(m.training for m in plm.model.modules())

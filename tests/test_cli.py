@@ -41,6 +41,20 @@ def test_zero_shot_on_a_task_folder_prints_metrics_and_writes_predictions(model_
     assert f"accuracy  {accuracy:.4f}" in printed
 
 
+def test_zero_shot_with_a_knowledgeable_verbalizer_reports_its_words(model_dir, tmp_path, capsys):
+    task = write_task(tmp_path, labels=("negative", "positive"), per_label=4)
+    args = ["zero-shot", "--model", model_dir, "--data", str(task), "--split", "test", "--template",
+            "{text} It was {mask}", "--verbalizer", "negative: terrible; positive: great"]
+    assert main([*args, "--related", "negative: awful"]) == 2
+    assert "add --knowledgeable" in capsys.readouterr().err
+    code = main([*args, "--knowledgeable", "--related", "negative: awful, bad; positive: good", "--neighbours", "0",
+                 "--prior-examples", "5"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "accuracy" in printed
+    for word in ("awful", "bad", "good"):  # every related word is reported, kept or dropped
+        assert word in printed
+
+
 def test_unlabelled_file_prints_the_predicted_counts(model_dir, tmp_path, capsys):
     data = tmp_path / "texts.jsonl"
     data.write_text('{"text": "great"}\n{"text": "terrible"}\n')

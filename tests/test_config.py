@@ -109,9 +109,29 @@ def test_missing_and_empty_sections_say_what_is_needed():
      "classifier.pooling applies to kind: head"),
     ({"template": "{text} {mask}", "label_words": {"a": ""}}, "classifier.label_words: class 'a': label words"),
     ({"template": "{text} {mask}", "label_words": "words.yaml"}, "classifier.label_words: no such file"),
+    ({"template": "{text} {mask}", "label_words": "a: b; c: d", "verbalizer": "sofft"},
+     "classifier.verbalizer: unknown verbalizer 'sofft'; did you mean 'soft'?"),
+    ({"template": "{text} {mask}", "label_words": "a: b; c: d", "verbalizer": {"type": "prototype", "tau2": 1}},
+     "classifier.verbalizer: unknown option(s) ['tau2'] for the prototype verbalizer"),
+    ({"kind": "head", "verbalizer": "soft"}, "classifier.verbalizer applies to label words"),
 ])
 def test_impossible_classifier_combinations(classifier, expected):
     assert expected in error_of(base(classifier=classifier))
+
+
+def test_verbalizer_kinds_reach_the_classifier(gpt2_tokenizer):
+    from deltaprompt.config import build_classifier
+    from deltaprompt.verbalizer import PrototypeVerbalizer, SoftVerbalizer
+
+    from .conftest import tiny_plm
+
+    plm = tiny_plm("gpt2", gpt2_tokenizer)
+    for spec, kind in (("soft", SoftVerbalizer), ({"type": "prototype", "tau": 0.05}, PrototypeVerbalizer)):
+        config = build_config(base(classifier={"template": "{text} It was {mask}",
+                                               "label_words": ["terrible", "great"], "verbalizer": spec}))
+        model = build_classifier(config, plm, ("negative", "positive")).model
+        assert isinstance(model.verbalizer, kind) and model.head is not None
+    assert model.verbalizer.tau == 0.05
 
 
 def test_head_classifier_without_template_is_fine():

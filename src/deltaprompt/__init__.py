@@ -9,14 +9,17 @@ from .data import (
     load_task,
     sample_per_class,
 )
+from .icl import ICLClassifier
 from .metrics import Evaluation
 from .model import PromptModel
+from .pet import PET, PVP, MaskedLMAuxiliary, ensemble_soft_labels
 from .plm import PLM, load_plm
+from .search import LabelWordSearch, TemplateSearch, search_label_words, search_templates
 from .structure import count_parameters, structure
 from .template import Template, TemplateError, register_post_processor
 from .tokenization import PromptTokenizer
 from .trainer import TrainConfig, Trainer
-from .verbalizer import Verbalizer
+from .verbalizer import KnowledgeableVerbalizer, PrototypeVerbalizer, SoftVerbalizer, Verbalizer
 
 __version__ = "0.1.0"
 __all__ = [
@@ -24,15 +27,25 @@ __all__ = [
     "Evaluation",
     "Example",
     "HeadClassifier",
+    "ICLClassifier",
+    "KnowledgeableVerbalizer",
+    "LabelWordSearch",
+    "MaskedLMAuxiliary",
+    "PET",
+    "PVP",
     "PromptClassifier",
     "PromptModel",
     "PromptTokenizer",
+    "PrototypeVerbalizer",
     "Template",
     "TemplateError",
+    "SoftVerbalizer",
+    "TemplateSearch",
     "TrainConfig",
     "Trainer",
     "Verbalizer",
     "count_parameters",
+    "ensemble_soft_labels",
     "few_shot_split",
     "from_hf_dataset",
     "load",
@@ -41,5 +54,7 @@ __all__ = [
     "load_task",
     "register_post_processor",
     "sample_per_class",
+    "search_label_words",
+    "search_templates",
     "structure",
 ]

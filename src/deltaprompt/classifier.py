@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,8 +35,15 @@ from .schema import from_dict
 from .structure import ParameterCount, count_parameters, structure
 from .template import POST_PROCESSORS, Template
 from .tokenization import Truncation
-from .trainer import TrainConfig, Trainer, TrainResult
-from .verbalizer import Aggregation, MultiToken, Verbalizer
+from .trainer import AuxiliaryLoss, TrainConfig, Trainer, TrainResult
+from .verbalizer import (
+    Aggregation,
+    MultiToken,
+    Verbalizer,
+    make_verbalizer,
+    verbalizer_config,
+    verbalizer_from_config,
+)
 
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. (2021)
 logger = logging.getLogger(__name__)
@@ -111,11 +118,16 @@ class Classifier:
         train: Iterable[Example],
         dev: Iterable[Example] | None = None,
         config: TrainConfig | None = None,
+        *,
+        targets: torch.Tensor | None = None,
+        auxiliary: AuxiliaryLoss | None = None,
         **overrides: Any,
     ) -> Classifier:
         """Train on labelled examples (``dev``: for early stopping and picking the best
         checkpoint). ``overrides``: TrainConfig fields, e.g. ``epochs=20, lr=1e-4``. A model
-        built without ``methods`` is fully fine-tuned (prompt-oriented fine-tuning)."""
+        built without ``methods`` is fully fine-tuned (prompt-oriented fine-tuning).
+        ``targets``: soft labels, an (examples, classes) tensor of probabilities (distillation;
+        labels may then be None); ``auxiliary``: an extra loss each step (see ``Trainer``)."""
         base = config or TrainConfig()
         config = from_dict(TrainConfig, {**{f.name: getattr(base, f.name) for f in fields(TrainConfig)}, **overrides},
                            "fit options") if overrides else base
@@ -123,7 +135,8 @@ class Classifier:
             logger.info("no delta methods given: training all weights (finetune)")
             self.model.setup_methods(make_methods(["finetune"]))
         self.calibration = None  # measured on the untrained model; no longer valid
-        self.result = Trainer(self.model, config).fit(as_examples(train), as_examples(dev) if dev is not None else None)
+        self.result = Trainer(self.model, config, auxiliary=auxiliary).fit(
+            as_examples(train), as_examples(dev) if dev is not None else None, targets=targets)
         return self
 
     # -- saving
@@ -218,8 +231,13 @@ def load(directory: str | Path, plm: PLM | None = None, device: str | torch.devi
 class PromptClassifier(Classifier):
     """Classification through a prompt: zero-shot as built, few-shot after ``fit``.
 
-    ``plm``: a loaded ``PLM`` or a model name/path/alias. ``label_words``: a ``Verbalizer`` or
-    anything it accepts. ``methods``: delta methods to train with (names, dicts or configs, see
+    ``plm``: a loaded ``PLM`` or a model name/path/alias. ``label_words``: a verbalizer object
+    (``Verbalizer``, ``SoftVerbalizer``, ``KnowledgeableVerbalizer``, ``PrototypeVerbalizer``) or
+    label words in any form ``Verbalizer`` accepts (None for a prototype verbalizer given
+    ``classes``). ``verbalizer``: which kind to build over those words, by name ("manual",
+    "soft", "knowledgeable", "prototype") or as a mapping with its options
+    (``{"type": "prototype", "tau": 0.05}``), as ``methods`` takes delta methods (see
+    docs/verbalizers.md). ``methods``: delta methods to train with (names, dicts or configs, see
     ``deltaprompt.delta``); None: zero-shot now, full fine-tuning if ``fit`` is called.
     ``calibrate``: True for contextual calibration with the usual content-free inputs, or your
     own list of them. ``seed`` fixes every random initial value. Long inputs are processed in
@@ -238,6 +256,7 @@ class PromptClassifier(Classifier):
         classes: Sequence[str] | None = None,
         aggregation: Aggregation = "mean",
         multi_token: MultiToken = "first",
+        verbalizer: str | Mapping[str, Any] | None = None,
         family: Family | None = None,
         batch_size: int = 16,
         max_length: int | None = None,
@@ -250,13 +269,14 @@ class PromptClassifier(Classifier):
     ):
         super().__init__(batch_size, progress)
         plm = _resolve_plm(plm, family, device)
-        verbalizer = (
-            label_words
-            if isinstance(label_words, Verbalizer)
-            else Verbalizer(label_words, classes, aggregation=aggregation, multi_token=multi_token)
-        )
+        if isinstance(label_words, Verbalizer):
+            if verbalizer is not None:
+                raise ValueError("give the verbalizer once: as an object in label_words or by verbalizer=..., not both")
+            built = label_words
+        else:
+            built = make_verbalizer(verbalizer, label_words, classes, aggregation, multi_token)
         self.seed = seed
-        self.model = PromptModel(plm, template, verbalizer, max_length=max_length, truncation=truncation,
+        self.model = PromptModel(plm, template, built, max_length=max_length, truncation=truncation,
                                  methods=methods, seed=seed)
         if calibrate:
             self.calibrate(CONTENT_FREE if calibrate is True else calibrate)
@@ -279,14 +299,12 @@ class PromptClassifier(Classifier):
 
     def describe(self) -> dict[str, Any]:
         model = self.model
-        verbalizer = model.verbalizer
         return {
             **super().describe(),
             "template": model.source_template.text,
             "post_processors": sorted({name for part in model.source_template.parts
                                        for name in part.post_processing if name not in POST_PROCESSORS}),
-            "verbalizer": {"label_words": {c: list(w) for c, w in verbalizer.label_words.items()},
-                           "aggregation": verbalizer.aggregation, "multi_token": verbalizer.multi_token},
+            "verbalizer": verbalizer_config(model.verbalizer),
             "max_length": model.prompt_tokenizer.max_length,
             "truncation": model.prompt_tokenizer.truncation,
             "seed": self.seed,
@@ -294,14 +312,13 @@ class PromptClassifier(Classifier):
 
     @classmethod
     def _rebuild(cls, description: dict[str, Any], plm: PLM, methods: list[Any] | None) -> PromptClassifier:
-        words = description["verbalizer"]
+        verbalizer = verbalizer_from_config(description["verbalizer"])
         missing = [p for p in description.get("post_processors", []) if p not in POST_PROCESSORS]
         if missing:
             raise artifacts.ArtifactError(
                 f"the template uses post-processors {missing}; register them (register_post_processor) before loading"
             )
-        classifier = cls(plm, description["template"], words["label_words"], aggregation=words["aggregation"],
-                         multi_token=words["multi_token"], batch_size=description["batch_size"],
+        classifier = cls(plm, description["template"], verbalizer, batch_size=description["batch_size"],
                          max_length=description["max_length"], truncation=description["truncation"],
                          seed=description["seed"], methods=methods)
         return classifier

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 import warnings
@@ -23,7 +24,7 @@ from .files import atomic_write
 from .template import TemplateError
 from .tokenization import TRUNCATIONS
 from .trainer import TrainingDiverged
-from .verbalizer import AGGREGATIONS, MULTI_TOKEN, parse_label_words
+from .verbalizer import AGGREGATIONS, MULTI_TOKEN, KnowledgeableVerbalizer, parse_label_words
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, OSError, TemplateError)
 DTYPES = ("float32", "float16", "bfloat16")
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     zero.add_argument("--aggregation", choices=AGGREGATIONS, default="mean", help="how a class's several words combine")
     zero.add_argument("--multi-token", choices=MULTI_TOKEN, default="first", help="masked LMs: how words of several tokens are scored")
     zero.add_argument("--calibrate", action="store_true", help="contextual calibration with content-free inputs")
+    zero.add_argument("--knowledgeable", action="store_true",
+                      help="knowledgeable verbalizer (KPT): expand each class's words with --related words and "
+                      "the model's embedding neighbours, keep those with enough prior and relevance, divide by "
+                      "the prior (measured on the train split, labels unused)")
+    zero.add_argument("--related", help="with --knowledgeable: related words, 'class: word, word; ...' or a file")
+    zero.add_argument("--neighbours", type=int, help="with --knowledgeable: embedding neighbours per class (default 10)")
+    zero.add_argument("--prior-examples", type=int, default=200,
+                      help="with --knowledgeable: unlabelled examples to measure the word priors on (default 200)")
     zero.add_argument("--output", help="write predictions here as JSON Lines")
     zero.add_argument("--text-column", default="text")
     zero.add_argument("--text-b-column", default="text_b")
@@ -84,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(demo)
     demo.set_defaults(run=run_demo)
     add_workflow_commands(commands)
+    add_search_commands(commands)
+    add_pet_command(commands)
+    add_icl_command(commands)
     return parser
 
 
@@ -224,9 +236,12 @@ def run_zero_shot(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         truncation=args.truncation,
-        calibrate=args.calibrate,
+        calibrate=args.calibrate and not args.knowledgeable,
         device=args.device,
+        verbalizer=knowledgeable_spec(args),
     )
+    if args.knowledgeable:
+        fit_knowledgeable_prior(args, classifier, examples)
     started = time.perf_counter()
     probabilities = classifier.predict_proba(examples)
     elapsed = time.perf_counter() - started
@@ -244,6 +259,33 @@ def run_zero_shot(args: argparse.Namespace) -> int:
         write_predictions(args.output, classifier, examples, probabilities)
         print(f"predictions written to {args.output}")
     return 0
+
+
+def knowledgeable_spec(args: argparse.Namespace) -> dict[str, Any] | None:
+    if not args.knowledgeable:
+        if args.related or args.neighbours is not None:
+            raise ValueError("--related and --neighbours expand a knowledgeable verbalizer: add --knowledgeable")
+        return None
+    return {"type": "knowledgeable", "related": args.related,
+            "neighbours": 10 if args.neighbours is None else args.neighbours}
+
+
+def fit_knowledgeable_prior(args: argparse.Namespace, classifier: PromptClassifier, examples: list[Example]) -> None:
+    """KPT's word priors from unlabelled text: the task's train split when there is one (labels
+    dropped), else the examples being classified (their labels, if any, are not read)."""
+    unlabelled = examples
+    if not Path(args.data).is_file() and args.split != "train":
+        task = load_task(args.data, args.data_dir)
+        if "train" in task.splits:
+            unlabelled = task.load("train")
+    unlabelled = [replace(e, label=None) for e in random.Random(0).sample(unlabelled, min(args.prior_examples,
+                                                                                          len(unlabelled)))]
+    verbalizer = classifier.model.verbalizer
+    assert isinstance(verbalizer, KnowledgeableVerbalizer)
+    verbalizer.fit_prior(classifier, unlabelled)
+    print(verbalizer.report())
+    if args.calibrate:
+        classifier.calibrate()
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -273,6 +315,11 @@ def run_train(args: argparse.Namespace) -> int:
     plm = load_base_model(config.model)
     print(f"model {config.model.name} ({plm.family}) loaded in {time.perf_counter() - started:.1f} s")
     classifier = build_classifier(config, plm, data.classes)
+    verbalizer = getattr(classifier.model, "verbalizer", None)
+    if isinstance(verbalizer, KnowledgeableVerbalizer):
+        # KPT's priors come from unlabelled text: the training inputs, their labels unused.
+        verbalizer.fit_prior(classifier, [replace(e, label=None) for e in data.train])
+        print(verbalizer.report())
     training = config.training
     if training.output_dir is None:  # checkpoints, best weights and logs beside the model
         training = replace(training, output_dir=str(out / "training"))
@@ -457,6 +504,420 @@ def run_info(args: argparse.Namespace) -> int:
     print(structure(model, max_depth=args.depth, show_empty=args.show_empty))
     print()
     print(count_parameters(model))
+    return 0
+
+
+# ----------------------------------------------------------------------------- pet
+
+PET_DESCRIPTION = (
+    "Pattern-Exploiting Training (Schick & Schutze, 2021). Each pattern-verbalizer pair (PVP: a "
+    "template with a mask and its label words) fine-tunes its own copy of the model on K labelled "
+    "examples per class drawn from the task's train split. Weighted by their accuracy on those "
+    "examples before training, the models' averaged class scores, softened by a temperature, label "
+    "unlabelled examples: the rest of the train split with its labels removed (the few-shot examples "
+    "excluded; --unlabelled N of them, drawn with --seed). One final classifier (a classification head, "
+    "or a prompt with the first PVP) is distilled on those soft labels and evaluated on the test split. "
+    "With --ipet-generations G (iPET), the PVP models are first retrained G times on the labelled "
+    "examples plus examples the other models labelled, the training set growing by --factor each time."
+)
+
+
+def add_pet_command(commands: Any) -> None:
+    """``pet``: PET and iPET on a task, from PVPs given as flags or in a YAML file."""
+    from .pet import FINALS, WEIGHTINGS
+
+    pet = commands.add_parser(
+        "pet", help="PET / iPET: several prompts label unlabelled data, one classifier learns from them",
+        description=PET_DESCRIPTION)
+    pet.add_argument("--data", required=True, help="task folder or name with a train split (and a test split to evaluate on)")
+    pet.add_argument("--data-dir", help="where task names are looked up (default ../shared/data)")
+    pet.add_argument("--k", type=int, default=16, help="labelled examples per class, drawn from the train split (default 16)")
+    pet.add_argument("--seed", type=int, default=13,
+                     help="seeds the few-shot draw, the unlabelled sample and the models (default 13)")
+    pet.add_argument("--dev-per-class", type=int, default=0,
+                     help="also draw this many dev examples per class for early stopping (default 0: none, as in PET)")
+    pet.add_argument("--pattern", action="append", default=[], metavar="TEMPLATE",
+                     help="a PVP's template (\\n means a newline); repeatable, each followed by its --verbalizer")
+    pet.add_argument("--verbalizer", action="append", default=[], metavar="WORDS",
+                     help="that PVP's label words: 'class: word, word; class: word' or a .txt/.json/.yaml file")
+    pet.add_argument("--pvps", help="a YAML list of {template: ..., verbalizer: ...} instead of --pattern/--verbalizer")
+    pet.add_argument("--methods", nargs="+", metavar="M",
+                     help="delta methods of the PVP models, as name or name:key=value,... (default: full fine-tuning)")
+    pet.add_argument("--final", choices=FINALS, default="head",
+                     help="the distilled classifier: a classification head (default, as in PET) or a prompt with the first PVP")
+    pet.add_argument("--final-methods", nargs="+", metavar="M", help="delta methods of the final classifier (default: --methods)")
+    pet.add_argument("--temperature", type=float, default=2.0, help="softens the ensemble's soft labels (default 2)")
+    pet.add_argument("--weighting", choices=WEIGHTINGS, default="train_accuracy",
+                     help="ensemble weights: each PVP's accuracy on the labelled examples before training, or uniform")
+    pet.add_argument("--ipet-generations", type=int, default=0, help="iPET generations after the first (default 0: PET)")
+    pet.add_argument("--factor", type=float, default=5.0,
+                     help="iPET: the training set grows by this factor per generation (default 5)")
+    pet.add_argument("--sample-fraction", type=float, default=0.25,
+                     help="iPET: share of the other models that label data for each model (default 0.25, at least one)")
+    pet.add_argument("--unlabelled", type=int, default=1000,
+                     help="unlabelled examples drawn from the rest of the train split (default 1000)")
+    pet.add_argument("--mlm-weight", type=float,
+                     help="add the auxiliary masked-LM loss on the unlabelled texts with this weight (PET: 1e-4; masked LMs only)")
+    pet.add_argument("--distil-labelled", action="store_true", help="also train the final classifier on the labelled examples")
+    pet.add_argument("--epochs", type=int, help="training epochs of every model (default 10)")
+    pet.add_argument("--max-steps", type=int, help="training steps of every model (overrides --epochs)")
+    pet.add_argument("--lr", type=float, help="learning rate of PLM weights (default 1e-5)")
+    pet.add_argument("--delta-lr", type=float, help="learning rate of delta modules without their own")
+    pet.add_argument("--soft-lr", type=float, help="learning rate of soft prompts")
+    pet.add_argument("--head-lr", type=float, help="learning rate of the classification head")
+    pet.add_argument("--train-batch-size", type=int, help="training batch size (default 8)")
+    pet.add_argument("--final-epochs", type=int, help="epochs of the final classifier (default: --epochs)")
+    pet.add_argument("--final-max-steps", type=int, help="steps of the final classifier (default: --max-steps)")
+    pet.add_argument("--test-limit", type=int, help="evaluate on the first N test examples only")
+    pet.add_argument("--output-dir", help="save the final classifier to OUTPUT/model, metrics.json and test predictions here")
+    add_model_options(pet)
+    pet.set_defaults(run=run_pet)
+
+
+def run_pet(args: argparse.Namespace) -> int:
+    from .data import few_shot_split
+    from .pet import PET, PVP, load_pvps, unlabelled_pool
+    from .schema import from_dict
+    from .structure import count_parameters
+    from .trainer import TrainConfig
+
+    if args.pvps and (args.pattern or args.verbalizer):
+        raise ValueError("give PVPs either as --pattern/--verbalizer pairs or in --pvps FILE, not both")
+    if args.pvps:
+        pvps = load_pvps(args.pvps)
+    else:
+        if not args.pattern or len(args.pattern) != len(args.verbalizer):
+            raise ValueError(f"give each --pattern its --verbalizer (got {len(args.pattern)} patterns and "
+                             f"{len(args.verbalizer)} verbalizers), or --pvps FILE")
+        pvps = [PVP(unescape(t), v) for t, v in zip(args.pattern, args.verbalizer, strict=True)]
+    for flag, value in (("--k", args.k), ("--unlabelled", args.unlabelled), ("--test-limit", args.test_limit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be positive")
+    methods = [parse_method_option(m) for m in args.methods] if args.methods else None
+    final_methods = [parse_method_option(m) for m in args.final_methods] if args.final_methods else None
+    common = {key: value for key, value in (
+        ("epochs", args.epochs), ("max_steps", args.max_steps), ("lr", args.lr), ("delta_lr", args.delta_lr),
+        ("soft_lr", args.soft_lr), ("head_lr", args.head_lr), ("batch_size", args.train_batch_size),
+        ("seed", args.seed)) if value is not None}
+    final_only = {key: value for key, value in (("epochs", args.final_epochs), ("max_steps", args.final_max_steps))
+                  if value is not None}
+    train_config = from_dict(TrainConfig, common, "training options")
+    final_config = from_dict(TrainConfig, {**common, **final_only}, "final training options")
+
+    task = load_task(args.data, args.data_dir)
+    classes = task.labels
+    labelled = task.load("train")
+    train, dev = few_shot_split(labelled, args.k, args.seed, classes, dev_per_class=args.dev_per_class)
+    pool = unlabelled_pool(labelled, [*train, *dev], args.unlabelled, args.seed)
+    test = task.load("test", args.test_limit) if "test" in task.splits else None
+    sizes = {"train": len(train), "dev": len(dev), "unlabelled": len(pool), "test": len(test or ())}
+    print(f"data: {sizes['train']} labelled ({args.k} per class), {sizes['dev']} dev, {sizes['unlabelled']} unlabelled "
+          f"(the rest of the train split, labels removed), {sizes['test']} test examples; classes {', '.join(classes)}")
+    started = time.perf_counter()
+    plm = plm_module.load_plm(args.model, args.family, device=args.device)
+    print(f"model {args.model} ({plm.family}) loaded in {time.perf_counter() - started:.1f} s")
+    pet = PET(plm, pvps, classes=classes, methods=methods, final=args.final, final_methods=final_methods,
+              train_config=train_config, final_config=final_config, temperature=args.temperature,
+              weighting=args.weighting, generations=args.ipet_generations, factor=args.factor,
+              sample_fraction=args.sample_fraction, mlm_weight=args.mlm_weight, distil_labelled=args.distil_labelled,
+              keep_models=False, seed=args.seed, batch_size=args.batch_size, max_length=args.max_length,
+              truncation=args.truncation)
+    generations = f" and {args.ipet_generations} iPET generation(s)" if args.ipet_generations else ""
+    print(f"PET with {len(pvps)} PVPs{generations}, final classifier: {args.final}")
+    started = time.perf_counter()
+    classifier = pet.fit(train, pool, dev or None)
+    seconds = time.perf_counter() - started
+    summary = pet.summary()
+    accuracies = ", ".join(f"{a:.3f}" for a in summary["train_accuracies_before_training"])
+    print(f"trained in {seconds:.1f} s; PVP accuracies on the labelled examples before training: {accuracies}")
+    for entry in pet.history:
+        print(f"generation {entry['generation']}: training sets of {entry['train_sizes']} examples")
+
+    out = Path(args.output_dir) if args.output_dir else None
+    test_metrics: dict[str, Any] | None = None
+    if test and all(e.label is not None for e in test):
+        evaluation = classifier.evaluate(test)
+        test_metrics = {**evaluation.summary(), "classes": list(evaluation.classes),
+                        "confusion": evaluation.confusion.tolist()}
+        print(evaluation.report())
+        if out:
+            write_predictions(out / "test_predictions.jsonl", classifier, test, evaluation.probabilities)
+    elif not test:
+        print(f"task {task.name!r} has no labelled test split: nothing to evaluate")
+    if out:
+        model_dir = classifier.save(out / "model")
+        result = classifier.result
+        metrics = {
+            "command": "pet",
+            "data": args.data,
+            "model": args.model,
+            "k": args.k,
+            "seed": args.seed,
+            "examples": sizes,
+            "pet": summary,
+            "final": {"kind": classifier.kind, "methods": [m.describe() for m in classifier.model.methods],
+                      "parameters": count_parameters(classifier.model).to_dict(),
+                      "steps": result.steps if result else None, "train_loss": result.train_loss if result else None},
+            "seconds": round(seconds, 2),
+            "test": test_metrics,
+            "accuracy": test_metrics["accuracy"] if test_metrics else None,
+            "macro_f1": test_metrics["macro_f1"] if test_metrics else None,
+        }
+        _write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        print(f"saved the classifier to {model_dir} and metrics to {out / 'metrics.json'}")
+    if test_metrics:
+        print(f"test accuracy {test_metrics['accuracy']:.4f}, macro-F1 {test_metrics['macro_f1']:.4f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- icl
+
+ICL_DESCRIPTION = (
+    "In-context learning: no training. Each test example is classified with labelled demonstrations "
+    "in its prompt, each one the template filled with a pool example and its class's first label word "
+    "in place of the mask. Decoder LMs read the demonstrations before the query (joined by --separator, "
+    "default a blank line) and predict the label word after it; masked LMs read them after the query, "
+    "behind separator tokens, as in LM-BFF; T5 reads them before the query. The pool is the task's "
+    "--pool-split (default train; --k K draws K per class with --seed) or a --pool file. --selection "
+    "random or balanced draws one set with --seed that every query shares (decoder LMs then encode it "
+    "once and reuse its key/value cache); knn picks each query's nearest pool examples by sentence "
+    "embedding (--encoder). A demonstration is never the query itself, and demonstrations are dropped, "
+    "least relevant first, when a prompt exceeds --max-length. --calibrate divides out the class prior "
+    "of content-free inputs given the same demonstrations. Prints accuracy, macro-F1 and a confusion matrix."
+)
+
+
+def add_icl_command(commands: Any) -> None:
+    """``icl``: in-context learning with demonstrations drawn from a labelled pool."""
+    from .icl import ORDERS, SELECTIONS
+
+    icl = commands.add_parser("icl", help="in-context learning: labelled demonstrations in the prompt, no training",
+                              description=ICL_DESCRIPTION)
+    icl.add_argument("--data", required=True, help="task folder (train/test.jsonl + labels.json), task name, or a .jsonl/.csv/.tsv file")
+    icl.add_argument("--data-dir", help="where task names are looked up (default ../shared/data)")
+    icl.add_argument("--split", default="test", help="split of a task folder to classify (default: test)")
+    icl.add_argument("--limit", type=int, help="classify only the first N examples")
+    icl.add_argument("--template", help="template text with {mask}; \\n means a newline")
+    icl.add_argument("--template-file", help="read the template from a file instead")
+    icl.add_argument("--verbalizer", required=True, help="'class: word, word; class: word' or a .txt/.json/.yaml file "
+                     "(a demonstration shows its class's first word)")
+    icl.add_argument("--shots", type=int, default=4, help="demonstrations per query (default 4; 0: zero-shot)")
+    icl.add_argument("--selection", choices=SELECTIONS, default="random",
+                     help="random, balanced (classes in turn) or knn (nearest by sentence embedding); default random")
+    icl.add_argument("--order", choices=ORDERS,
+                     help="random, similarity (most similar next to the query) or fixed (pool order); "
+                     "default: similarity for knn, else random")
+    icl.add_argument("--seed", type=int, default=0, help="seeds the pool draw (--k), the selection and the order (default 0)")
+    icl.add_argument("--per-query", action="store_true", help="random/balanced: a fresh draw for every query instead of one shared set")
+    icl.add_argument("--encoder", default="minilm-l6", help="sentence encoder for knn / similarity order (default minilm-l6)")
+    icl.add_argument("--separator", help="text between demonstrations (\\n means a newline; default a blank line, "
+                     "or the separator token for masked LMs)")
+    icl.add_argument("--pool", help="a .jsonl/.csv/.tsv file of labelled demonstrations (default: the task's --pool-split)")
+    icl.add_argument("--pool-split", default="train", help="split of the task the pool comes from (default: train)")
+    icl.add_argument("--k", type=int, help="draw K pool examples per class (with --seed) instead of using them all")
+    icl.add_argument("--aggregation", choices=AGGREGATIONS, default="mean", help="how a class's several words combine")
+    icl.add_argument("--multi-token", choices=MULTI_TOKEN, default="first", help="masked LMs: how words of several tokens are scored")
+    icl.add_argument("--calibrate", action="store_true",
+                     help="contextual calibration with content-free inputs and the same demonstrations")
+    icl.add_argument("--no-share-prefix", action="store_true",
+                     help="recompute the shared demonstrations for every query instead of caching them")
+    icl.add_argument("--show-prompt", action="store_true", help="print the first example's whole prompt")
+    icl.add_argument("--output", help="write predictions here as JSON Lines")
+    add_column_options(icl)
+    add_model_options(icl)
+    icl.set_defaults(run=run_icl)
+
+
+def load_icl_pool(args: argparse.Namespace, classes: Sequence[str]) -> list[Example]:
+    """The demonstration pool: a --pool file or the task's --pool-split, K per class with --k."""
+    from .data import sample_per_class
+
+    if args.shots == 0:
+        return []
+    if args.pool:
+        pool = load_examples(args.pool, args.text_column, args.text_b_column, args.label_column)
+    elif Path(args.data).is_file():
+        raise ValueError("--data is a file, so there is no train split to draw demonstrations from; give --pool FILE")
+    else:
+        pool = load_task(args.data, args.data_dir).load(args.pool_split)
+    if args.k is not None:
+        pool = sample_per_class(pool, args.k, args.seed, labels=classes)
+    if not pool:
+        raise ValueError("the demonstration pool is empty")
+    return pool
+
+
+def run_icl(args: argparse.Namespace) -> int:
+    from .icl import ICLClassifier
+    from .metrics import Evaluation
+
+    if bool(args.template) == bool(args.template_file):
+        raise ValueError("give exactly one of --template and --template-file")
+    template = unescape(args.template) if args.template else Path(args.template_file).read_text(encoding="utf-8").rstrip("\n")
+    examples, classes = load_cli_examples(args)
+    if classes is None:
+        classes = tuple(parse_label_words(args.verbalizer))
+    pool = load_icl_pool(args, classes)
+    classifier = ICLClassifier(
+        args.model, template, args.verbalizer, demonstrations=pool, shots=args.shots, selection=args.selection,
+        order=args.order, seed=args.seed, per_query=args.per_query, encoder=args.encoder,
+        separator=unescape(args.separator) if args.separator is not None else None, classes=classes,
+        aggregation=args.aggregation, multi_token=args.multi_token, family=args.family, batch_size=args.batch_size,
+        max_length=args.max_length, truncation=args.truncation, calibrate=args.calibrate,
+        share_prefix=not args.no_share_prefix, device=args.device,
+    )
+    model = classifier.model
+    print(f"model {args.model} ({model.plm.family}); template {template!r}")
+    settings = classifier.settings
+    if args.shots:
+        shared = model.shared_plan is not None
+        print(f"{args.shots} demonstrations per query from a pool of {len(pool)}: {settings['selection']} selection, "
+              f"{settings['order']} order, seed {settings['seed']}; "
+              + ("the same for every query" + (" (encoded once, cached)" if model.caches_prefix else "")
+                 if shared else "chosen per query"))
+    else:
+        print("0 demonstrations: zero-shot")
+    if args.show_prompt:
+        print("prompt of the first example:\n" + classifier.render_prompt(examples[0]))
+    started = time.perf_counter()
+    probabilities = classifier.predict_proba(examples)
+    elapsed = time.perf_counter() - started
+    print(f"{len(examples)} examples in {elapsed:.1f} s ({len(examples) / elapsed:.1f} examples/s)")
+    if all(e.label is not None for e in examples):
+        predictions = [classifier.classes[i] for i in probabilities.argmax(1)]
+        print(Evaluation(classifier.classes, [e.label for e in examples], predictions, probabilities).report())  # type: ignore[misc]
+    else:
+        counts = Counter(classifier.classes[i] for i in probabilities.argmax(1))
+        print("predicted:", ", ".join(f"{c} {counts.get(c, 0)}" for c in classifier.classes))
+    if args.output:
+        write_predictions(args.output, classifier, examples, probabilities)
+        print(f"predictions written to {args.output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- search
+
+SEARCH_VERBALIZER_DESCRIPTION = (
+    "Automatic label words (LM-BFF, Gao et al. 2021; PETAL, Schick et al. 2020). K examples per class "
+    "are drawn from the split for training and K more as dev (--k, --dev-per-class, --seed). The model "
+    "reads every training example's template once, at the mask, over the whole vocabulary; for each class, "
+    "the whole words likeliest on its examples (--scoring sum; or ratio: likelier there than on the other "
+    "classes' examples) become --candidates; each class keeps the --per-class of them that classify the "
+    "training set best beside the other classes' top words; combinations of distinct words (the "
+    "--max-assignments best by training accuracy) are scored zero-shot on dev from one cached pass, and the "
+    "best is printed and written to --output (.yaml with the runners-up as comments, .txt or .json), a file "
+    "--verbalizer reads. Cost: one forward pass per training and dev example."
+)
+SEARCH_TEMPLATE_DESCRIPTION = (
+    "Automatic templates (LM-BFF, Gao et al. 2021). K examples per class are drawn from the split for "
+    "training and K more as dev (--k, --dev-per-class, --seed). A generator writes the words between the "
+    "input and the mask: a T5 model fills '<text> <extra_id_0> <label word> <extra_id_1>' for each training "
+    "example with its gold label word (beam search); a decoder LM continues each example's text (seeded "
+    "sampling) and every cut of a continuation before one of its words gives a template '{text} <phrase> "
+    "{mask}'. The --num-candidates most often proposed templates are scored by the log-probability of the "
+    "gold label words on the training set (one pass each), the --keep best are evaluated zero-shot on dev, "
+    "and the ranking is printed and written to --output (.json or .yaml: the ranking; .txt: the best "
+    "template, as --template-file reads it). --model is the model prompted; --generator (default --model) "
+    "must be a decoder LM or T5, not a masked LM."
+)
+
+
+def add_search_commands(commands: Any) -> None:
+    """``search-verbalizer`` and ``search-template``."""
+    from .search import SCORINGS
+
+    words = commands.add_parser("search-verbalizer", help="find label words for a template automatically (LM-BFF)",
+                                description=SEARCH_VERBALIZER_DESCRIPTION)
+    add_search_data_options(words)
+    words.add_argument("--template", help="template text; \\n means a newline")
+    words.add_argument("--template-file", help="read the template from a file instead")
+    words.add_argument("--candidates", type=int, default=100, help="candidate words ranked per class (default 100)")
+    words.add_argument("--per-class", type=int, default=10, help="words per class kept after pruning (default 10)")
+    words.add_argument("--max-assignments", type=int, default=100,
+                       help="word combinations scored on dev, the best by training accuracy (default 100)")
+    words.add_argument("--scoring", choices=SCORINGS, default="sum",
+                       help="rank words by summed log-probability (LM-BFF) or by the ratio against other classes (PETAL)")
+    words.add_argument("--min-chars", type=int, default=2, help="shortest word considered (default 2)")
+    words.add_argument("--output", help="write the best label words here (.yaml, .txt or .json)")
+    add_model_options(words)
+    words.set_defaults(run=run_search_verbalizer)
+
+    templates = commands.add_parser("search-template", help="generate and rank templates automatically (LM-BFF)",
+                                    description=SEARCH_TEMPLATE_DESCRIPTION)
+    add_search_data_options(templates)
+    templates.add_argument("--verbalizer", required=True, help="'class: word, word; class: word' or a .txt/.json/.yaml file")
+    templates.add_argument("--generator", help="model that writes the templates: a decoder LM or T5 (default: --model)")
+    templates.add_argument("--context", default="{text}",
+                           help="template text before the generated phrase (default '{text}'; e.g. '{text} {text_b}')")
+    templates.add_argument("--num-candidates", type=int, default=50, help="templates scored on train (default 50)")
+    templates.add_argument("--keep", type=int, default=10, help="templates evaluated on dev and ranked (default 10)")
+    templates.add_argument("--per-example", type=int, default=4, help="generations per training example (default 4)")
+    templates.add_argument("--max-examples", type=int, default=32,
+                           help="training examples the generator writes for, drawn with --seed (default 32)")
+    templates.add_argument("--max-new-tokens", type=int, default=10, help="longest generated phrase in tokens (default 10)")
+    templates.add_argument("--output", help="write the ranking (.json, .yaml) or the best template (.txt) here")
+    add_model_options(templates)
+    templates.set_defaults(run=run_search_template)
+
+
+def add_search_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="task folder, task name, or a .jsonl/.csv/.tsv file")
+    parser.add_argument("--data-dir", help="where task names are looked up (default ../shared/data)")
+    parser.add_argument("--split", default="train", help="split the examples are drawn from (default: train)")
+    parser.add_argument("--limit", type=int, help="draw from the first N examples only")
+    parser.add_argument("--k", type=int, default=16, help="training examples per class (default 16)")
+    parser.add_argument("--dev-per-class", type=int, help="dev examples per class, disjoint from training (default: --k)")
+    parser.add_argument("--seed", type=int, default=13, help="seeds the draw and the search (default 13)")
+    parser.add_argument("--top", type=int, default=10, help="rows shown per table (default 10)")
+    add_column_options(parser)
+
+
+def load_search_data(args: argparse.Namespace) -> tuple[list[Example], list[Example], tuple[str, ...] | None]:
+    """K per class for training and, disjoint from them, dev examples (LM-BFF's protocol), and
+    the task's classes (None for a data file)."""
+    from .data import few_shot_split
+
+    examples, classes = load_cli_examples(args)
+    train, dev = few_shot_split(examples, args.k, args.seed, labels=classes, dev_per_class=args.dev_per_class)
+    print(f"data: {len(train)} train and {len(dev)} dev examples drawn from {args.data} ({args.split}), seed {args.seed}")
+    return train, dev, classes
+
+
+def run_search_verbalizer(args: argparse.Namespace) -> int:
+    from .search import search_label_words
+
+    if bool(args.template) == bool(args.template_file):
+        raise ValueError("give exactly one of --template and --template-file")
+    template = unescape(args.template) if args.template else Path(args.template_file).read_text(encoding="utf-8").rstrip("\n")
+    train, dev, classes = load_search_data(args)
+    plm = plm_module.load_plm(args.model, args.family, device=args.device)
+    result = search_label_words(
+        plm, template, train, dev or None, classes,
+        candidates=args.candidates, per_class=args.per_class, max_assignments=args.max_assignments,
+        scoring=args.scoring, min_chars=args.min_chars, seed=args.seed, batch_size=args.batch_size,
+        max_length=args.max_length, truncation=args.truncation,
+    )
+    print(result.report(args.top))
+    if args.output:
+        print(f"label words written to {result.save(args.output)}")
+    return 0
+
+
+def run_search_template(args: argparse.Namespace) -> int:
+    from .search import search_templates
+
+    train, dev, classes = load_search_data(args)
+    plm = plm_module.load_plm(args.model, args.family, device=args.device)
+    generator = plm_module.load_plm(args.generator, device=args.device) if args.generator not in (None, args.model) else None
+    result = search_templates(
+        plm, train, dev or None, args.verbalizer, classes=classes, generator=generator, context=unescape(args.context),
+        num_candidates=args.num_candidates, keep=args.keep, per_example=args.per_example,
+        max_examples=args.max_examples, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        batch_size=args.batch_size, max_length=args.max_length, truncation=args.truncation,
+    )
+    print(result.report(args.top))
+    if args.output:
+        print(f"templates written to {result.save(args.output)}")
     return 0
 
 

@@ -39,7 +39,7 @@ from .schema import ConfigError, from_dict, to_dict
 from .template import Template, TemplateError
 from .tokenization import Truncation
 from .trainer import TrainConfig
-from .verbalizer import Aggregation, MultiToken, parse_label_words
+from .verbalizer import Aggregation, MultiToken, make_verbalizer, parse_label_words
 
 Kind = Literal["prompt", "head"]
 DType = Literal["float32", "float16", "bfloat16"]
@@ -150,11 +150,16 @@ class ClassifierSection:
     representation (``pooling``: cls, mean or last; ``dropout``; ``template`` optional and
     without a mask; no label words).
     ``label_words``: {class: word or [words]}, a list in class order, the string form
-    ``"neg: bad, awful; pos: great"`` or a .txt/.json/.yaml file. ``batch_size``: for inference."""
+    ``"neg: bad, awful; pos: great"`` or a .txt/.json/.yaml file. ``verbalizer``: how the
+    label words become class scores, by name (manual, soft, knowledgeable, prototype) or as a
+    mapping with its options (``{type: prototype, tau: 0.05}``; docs/verbalizers.md); a
+    knowledgeable verbalizer measures its word priors on the training texts, labels unused.
+    ``batch_size``: for inference."""
 
     kind: Kind = "prompt"
     template: str | None = None
     label_words: str | dict[str, Any] | list[Any] | None = None
+    verbalizer: str | dict[str, Any] | None = None
     aggregation: Aggregation | None = None
     multi_token: MultiToken | None = None
     calibrate: bool = False
@@ -176,13 +181,14 @@ class ClassifierSection:
                 if getattr(self, key) is not None:
                     raise ConfigError(f"classifier.{key} applies to kind: head, not to a prompt classifier")
             self._check_label_words()
+            self._check_verbalizer()
         else:
             if self.label_words is not None:
                 raise ConfigError(
                     "classifier.label_words: a head classifier has no label words (it learns a "
                     "weight per class); remove them or use kind: prompt"
                 )
-            for key in ("aggregation", "multi_token"):
+            for key in ("aggregation", "multi_token", "verbalizer"):
                 if getattr(self, key) is not None:
                     raise ConfigError(f"classifier.{key} applies to label words; a head classifier has none")
             if self.calibrate:
@@ -223,6 +229,19 @@ class ClassifierSection:
             parse_label_words(words)
         except (ValueError, TypeError, OSError) as exc:
             raise ConfigError(f"classifier.label_words: {exc}") from None
+
+    def _check_verbalizer(self) -> None:
+        """Build the verbalizer once (no model needed) so a wrong type or option fails now."""
+        if self.verbalizer is None:
+            return
+        words = self.label_words
+        classes = None
+        if isinstance(words, list):  # class order comes with the data: stand-in names will do
+            classes = [f"class {i}" for i in range(len(words))]
+        try:
+            make_verbalizer(self.verbalizer, words, classes, self.aggregation or "mean", self.multi_token or "first")
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"classifier.verbalizer: {exc}") from None
 
     def classes(self) -> tuple[str, ...] | None:
         """The classes the label words name, in their order (None for a list or a head)."""
@@ -591,7 +610,7 @@ def build_classifier(config: RunConfig, plm: PLM, classes: Sequence[str]) -> Cla
     if c.kind == "prompt":
         return PromptClassifier(
             plm, typing.cast(str, c.template), c.label_words, classes=classes,
-            aggregation=c.aggregation or "mean", multi_token=c.multi_token or "first",
+            aggregation=c.aggregation or "mean", multi_token=c.multi_token or "first", verbalizer=c.verbalizer,
             batch_size=c.batch_size, max_length=c.max_length, truncation=c.truncation,
             methods=config.method_specs(), seed=config.training.seed,
         )

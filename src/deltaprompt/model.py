@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -24,10 +25,16 @@ from .artifacts import fingerprint
 from .data import Example
 from .delta import MethodSpec, apply_methods, make_methods
 from .plm import PLM
-from .scoring import causal_word_scores, masked_span_scores, masked_word_scores, seq2seq_word_scores
+from .scoring import (
+    causal_word_scores,
+    head_inputs,
+    masked_span_scores,
+    masked_word_scores,
+    seq2seq_word_scores,
+)
 from .template import Template
 from .tokenization import Encoding, PromptTokenizer, Truncation
-from .verbalizer import LabelWords, Verbalizer
+from .verbalizer import LabelWords, StateVerbalizer, Verbalizer, VerbalizerHead
 
 logger = logging.getLogger(__name__)
 Batch = dict[str, Any]
@@ -104,6 +111,9 @@ class TaskModel(nn.Module):
         self.methods: list[Any] = []  # the DeltaMethod objects applied, in order
         self.methods_applied = False  # True once the PLM is frozen for delta tuning (even with none)
         self._claims: dict[int, tuple[Role, float | None]] = {}
+        # Built for inference: a module starts in training mode, and ``log_proba`` restores the
+        # mode it found, which would leave a shared PLM with dropout on after predicting.
+        self.training = False
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -230,8 +240,14 @@ class PromptModel(TaskModel):
     parts give way when an example is longer (see ``plan_truncation``). ``methods``: delta
     methods to train with (names, dicts or configs; see ``deltaprompt.delta``); None leaves
     the PLM untouched, ``[]`` freezes it so that only the template's soft tokens train.
-    ``seed`` fixes every random initial value (soft tokens, delta modules).
+    ``seed`` fixes every random initial value (soft tokens, delta modules, a verbalizer's head).
+
+    A verbalizer that scores classes from the mask's hidden state (soft, prototype) brings a
+    ``VerbalizerHead``, kept as ``head``: its parameters train at the "head" learning rate and
+    are saved with the classifier. Without one, classes come from label-word scores.
     """
+
+    head: VerbalizerHead | None
 
     def __init__(
         self,
@@ -269,7 +285,9 @@ class PromptModel(TaskModel):
             table = soft_table(self.model, self.prompt_tokenizer.soft_init_ids, warn=built is None)
             self.soft_prompt = SoftPrompt(table) if table is not None else None
             self.setup_methods(built)
-        self.efficient_head = efficient_head and self._efficient_head_agrees()
+            self.head = verbalizer.make_head(self) if isinstance(verbalizer, StateVerbalizer) else None
+        reads_words = self.head is None or self.head.uses_label_words
+        self.efficient_head = efficient_head and (not reads_words or self._efficient_head_agrees())
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -324,9 +342,83 @@ class PromptModel(TaskModel):
             scores[:, chosen] = part.to(scores.dtype)
         return scores
 
+    def mask_states(self, batch: Batch) -> torch.Tensor:
+        """(B, H) the vector the LM head reads at the prediction position: after the head
+        transform of a masked LM (BERT's dense + LayerNorm), at the last token before the mask of
+        a decoder LM, at the decoder's answer position of an encoder-decoder (after its
+        pre-projection scaling). The full-vocabulary projection is skipped."""
+        if self.multi_mask:
+            raise ValueError("mask states are read at one mask; multi_token='masks' puts one mask per token")
+        inputs = self.embed(batch)
+        positions = batch["predict_positions"][:, :1]
+        if self.plm.family == "causal":
+            inputs = {**inputs, "use_cache": False}
+        elif self.plm.family == "seq2seq":
+            inputs, positions = self._answer_inputs(inputs)
+        with head_inputs(self.model, positions) as captured:
+            self.model(**inputs)
+        return captured["hidden"][:, 0]
+
+    def _answer_inputs(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+        """Encoder-decoder inputs as the seq2seq word scores build them (the decoder reads
+        <start> <sentinel> and answers at position 1), and that position."""
+        mask = inputs["attention_mask"]
+        encoder_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "inputs_embeds", "attention_mask")}
+        encoded = self.model.get_encoder()(**encoder_inputs)
+        start = self.model.config.decoder_start_token_id
+        if start is None:
+            raise ValueError("the model config has no decoder_start_token_id")
+        prefix = torch.tensor([[start, self.prompt_tokenizer.mask_id]], device=mask.device).expand(mask.size(0), 2)
+        decoder = {"encoder_outputs": encoded, "attention_mask": mask, "decoder_input_ids": prefix, "use_cache": False}
+        return decoder, torch.ones(mask.size(0), 1, dtype=torch.long, device=mask.device)
+
+    def word_log_probs(self, batch: Batch) -> torch.Tensor:
+        """(B, W) true log-probabilities of the label words: ``word_scores`` with the
+        full-vocabulary normaliser at the mask put back where it leaves it out (every word read
+        at one position). For measuring priors."""
+        multi_token = any(len(ids) > 1 for ids in self.label_words.token_ids)
+        if self.multi_mask or (self.plm.family != "masked" and multi_token):
+            return self.word_scores(batch).float()  # already normalised over the vocabulary
+        states = self.mask_states(batch)
+        scores = self._words_from_states(states)
+        if scores is None:  # sub-token means or maxima: word_scores knows how
+            scores = self.word_scores(batch)
+        projection = self.model.get_output_embeddings()
+        logits = F.linear(states, projection.weight, getattr(projection, "bias", None))
+        return scores.float() - torch.logsumexp(logits.float(), -1, keepdim=True)
+
+    def _words_from_states(self, states: torch.Tensor) -> torch.Tensor | None:
+        """(B, W) label-word scores from mask states, when every word is read from one output
+        row (first-token scoring, or one-token words), as ``word_scores`` gives them; else None."""
+        words = self.label_words
+        first_only = self.plm.family == "masked" and self.verbalizer.multi_token == "first"
+        if self.multi_mask or not (first_only or all(len(ids) == 1 for ids in words.token_ids)):
+            return None
+        projection = self.model.get_output_embeddings()
+        rows = torch.tensor([ids[0] for ids in words.token_ids], device=states.device)
+        bias = projection.bias[rows] if getattr(projection, "bias", None) is not None else None
+        return F.linear(states, projection.weight[rows], bias)
+
     def forward(self, batch: Batch) -> torch.Tensor:
         """(B, C) class log-probabilities, normalised over the classes."""
-        return self.verbalizer.aggregate(self.word_scores(batch), self.label_words)
+        if self.head is None:
+            return self.verbalizer.aggregate(self.word_scores(batch), self.label_words)
+        states = self.mask_states(batch)
+        manual = None
+        if self.head.uses_label_words:
+            scores = self._words_from_states(states)
+            if scores is None:  # words that need more than one output row: a second pass
+                scores = self.word_scores(batch)
+            manual = self.verbalizer.aggregate(scores, self.label_words)
+        return self.head(states, manual)
+
+    def rebind(self) -> None:
+        """Bind the verbalizer's label words again after it changed them (a knowledgeable
+        verbalizer refined by its priors does)."""
+        bound = self.verbalizer.bind(self.plm.tokenizer, self.template.mask_part.prefix or "", self.plm.family)
+        if self.multi_mask and sorted({len(ids) for ids in bound.token_ids}) != self.spans:
+            raise ValueError("with one mask per token, label words cannot change their lengths once the model is built")
+        self.label_words = bound
 
     def _efficient_head_agrees(self) -> bool:
         """Check once, on a dummy example, that the fast head gives the plain head's scores.

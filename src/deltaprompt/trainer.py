@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +126,19 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stops rather than train on garbage."""
 
 
+class AuxiliaryLoss(Protocol):
+    """An extra loss added to the task loss at every training step, e.g. PET's language-modelling
+    loss on unlabelled text (``deltaprompt.pet.MaskedLMAuxiliary``). ``start`` runs once per
+    ``fit`` before the first step; ``__call__`` returns the step's loss, already weighted.
+    ``draw`` counts micro-batches from the start of the run (restored on resume), so the extra
+    loss can draw its data and randomness from (seed, draw) and a resumed run sees what an
+    uninterrupted one would."""
+
+    def start(self, model: TaskModel, config: TrainConfig) -> None: ...
+
+    def __call__(self, model: TaskModel, draw: int) -> torch.Tensor: ...
+
+
 class EpochOrder(Sampler[int]):
     """A fresh permutation each epoch from (seed, epoch) alone: no global random state is
     consumed, so a resumed run sees exactly the order an uninterrupted one would."""
@@ -152,9 +165,10 @@ class Trainer:
     is given and ``load_best``) after ``fit``.
     """
 
-    def __init__(self, model: TaskModel, config: TrainConfig | None = None):
+    def __init__(self, model: TaskModel, config: TrainConfig | None = None, auxiliary: AuxiliaryLoss | None = None):
         self.model = model
         self.config = config or TrainConfig()
+        self.auxiliary = auxiliary  # an extra loss each step (single process only, see AuxiliaryLoss)
         self.output_dir = Path(self.config.output_dir) if self.config.output_dir else None
 
     # -- setup
@@ -168,6 +182,20 @@ class Trainer:
                 f"{list(index)}; {len(bad)} such example(s)"
             )
         return torch.tensor([index[e.label] for e in examples])  # type: ignore[index]
+
+    def _targets(self, targets: torch.Tensor, count: int) -> torch.Tensor:
+        """Soft labels: one probability distribution over the classes per training example."""
+        targets = torch.as_tensor(targets).detach().float().cpu()
+        expected = (count, len(self.model.classes))
+        if tuple(targets.shape) != expected:
+            raise ValueError(f"targets must have shape (examples, classes) = {expected}, got {tuple(targets.shape)}")
+        if not torch.isfinite(targets).all() or (targets < 0).any():
+            raise ValueError("targets must be finite and non-negative (a probability distribution per example)")
+        sums = targets.sum(1)
+        if not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+            bad = int((sums - 1).abs().argmax())
+            raise ValueError(f"each row of targets must sum to 1; row {bad} sums to {float(sums[bad]):.4f}")
+        return targets
 
     def _parameter_groups(self) -> list[dict[str, Any]]:
         """One AdamW group per (learning rate, decay): biases, norms and soft prompts do not decay."""
@@ -192,14 +220,20 @@ class Trainer:
             )
         return list(groups.values())
 
-    def fit(self, train: Sequence[Example], dev: Sequence[Example] | None = None) -> TrainResult:
+    def fit(self, train: Sequence[Example], dev: Sequence[Example] | None = None,
+            targets: torch.Tensor | None = None) -> TrainResult:
+        """Train on ``train`` (hard labels: NLL of the gold class) or, with ``targets``, on soft
+        labels: an (examples, classes) tensor of probabilities, one row per training example, whose
+        labels may then be None (loss: cross-entropy between the target distribution and the
+        model's class distribution, as in knowledge distillation). ``dev`` always has labels."""
         config = self.config
         started = time.perf_counter()
         train = as_examples(train)
         if not train:
             raise ValueError("no training examples")
         dev = as_examples(dev) if dev is not None else None
-        train_labels = self._labels(train, "training")
+        soft = targets is not None
+        train_labels = self._targets(targets, len(train)) if soft else self._labels(train, "training")  # type: ignore[arg-type]
         dev_labels = self._labels(dev, "dev") if dev else None
 
         accelerator = Accelerator(
@@ -234,6 +268,14 @@ class Trainer:
             num_training_steps=total_steps * accelerator.num_processes,
         )
         wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        auxiliary = self.auxiliary
+        if auxiliary is not None:
+            if accelerator.num_processes > 1:
+                raise ValueError(
+                    "an auxiliary loss runs the PLM outside the distributed model's forward pass, which DDP "
+                    "cannot synchronise; train with an auxiliary loss in a single process"
+                )
+            auxiliary.start(model, config)
         self._accelerator = accelerator
         self._register_checkpoint_hooks(accelerator)
 
@@ -266,7 +308,14 @@ class Trainer:
                 for batch in batches:
                     labels = batch.pop("labels")
                     with accelerator.accumulate(wrapped):
-                        loss = F.nll_loss(wrapped(batch).float(), labels)
+                        if soft:  # cross-entropy against a distribution (F.cross_entropy takes probabilities)
+                            loss = F.cross_entropy(wrapped(batch).float(), labels)
+                        else:
+                            loss = F.nll_loss(wrapped(batch).float(), labels)
+                        if auxiliary is not None:
+                            with accelerator.autocast():
+                                extra = auxiliary(model, state["epoch"] * len(loader) + state["batches"])
+                            loss = loss + extra.float()
                         self._check_finite(accelerator, loss, state)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and config.max_grad_norm is not None:
