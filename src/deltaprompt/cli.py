@@ -56,15 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "whose label words are most probable. Prints accuracy, macro-F1 and a confusion matrix when the "
         "data has labels.",
     )
-    zero.add_argument("--data", required=True, help="task folder (train/test.jsonl + labels.json), task name, or a .jsonl/.csv/.tsv file")
-    zero.add_argument("--data-dir", help="where task names are looked up (default ../shared/data)")
-    zero.add_argument("--split", default="test", help="split of a task folder (default: test)")
-    zero.add_argument("--limit", type=int, help="use only the first N examples")
-    zero.add_argument("--template", help="template text; \\n means a newline")
-    zero.add_argument("--template-file", help="read the template from a file instead")
-    zero.add_argument("--verbalizer", required=True, help="'class: word, word; class: word' or a .txt/.json/.yaml file")
-    zero.add_argument("--aggregation", choices=AGGREGATIONS, default="mean", help="how a class's several words combine")
-    zero.add_argument("--multi-token", choices=MULTI_TOKEN, default="first", help="masked LMs: how words of several tokens are scored")
+    add_prompt_options(zero)
     zero.add_argument("--calibrate", action="store_true", help="contextual calibration with content-free inputs")
     zero.add_argument("--knowledgeable", action="store_true",
                       help="knowledgeable verbalizer (KPT): expand each class's words with --related words and "
@@ -75,9 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     zero.add_argument("--prior-examples", type=int, default=200,
                       help="with --knowledgeable: unlabelled examples to measure the word priors on (default 200)")
     zero.add_argument("--output", help="write predictions here as JSON Lines")
-    zero.add_argument("--text-column", default="text")
-    zero.add_argument("--text-b-column", default="text_b")
-    zero.add_argument("--label-column", default="label")
+    add_column_options(zero)
     add_model_options(zero)
     zero.set_defaults(run=run_zero_shot)
 
@@ -165,6 +155,21 @@ def add_workflow_commands(commands: Any) -> None:
     info.add_argument("--show-empty", action="store_true", help="also list modules without parameters")
     info.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
     info.set_defaults(run=run_info)
+
+
+def add_prompt_options(parser: argparse.ArgumentParser, verbalizer_note: str = "") -> None:
+    """What classifying a data set with a template and label words needs (zero-shot, icl)."""
+    parser.add_argument("--data", required=True, help="task folder (train/test.jsonl + labels.json), task name, or a .jsonl/.csv/.tsv file")
+    parser.add_argument("--data-dir", help="where task names are looked up (default ../shared/data)")
+    parser.add_argument("--split", default="test", help="split of a task folder to classify (default: test)")
+    parser.add_argument("--limit", type=int, help="classify only the first N examples")
+    parser.add_argument("--template", help="template text with {mask}; \\n means a newline")
+    parser.add_argument("--template-file", help="read the template from a file instead")
+    parser.add_argument("--verbalizer", required=True,
+                        help="'class: word, word; class: word' or a .txt/.json/.yaml file" + verbalizer_note)
+    parser.add_argument("--aggregation", choices=AGGREGATIONS, default="mean", help="how a class's several words combine")
+    parser.add_argument("--multi-token", choices=MULTI_TOKEN, default="first",
+                        help="masked LMs: how words of several tokens are scored")
 
 
 def add_column_options(parser: argparse.ArgumentParser) -> None:
@@ -693,14 +698,7 @@ def add_icl_command(commands: Any) -> None:
 
     icl = commands.add_parser("icl", help="in-context learning: labelled demonstrations in the prompt, no training",
                               description=ICL_DESCRIPTION)
-    icl.add_argument("--data", required=True, help="task folder (train/test.jsonl + labels.json), task name, or a .jsonl/.csv/.tsv file")
-    icl.add_argument("--data-dir", help="where task names are looked up (default ../shared/data)")
-    icl.add_argument("--split", default="test", help="split of a task folder to classify (default: test)")
-    icl.add_argument("--limit", type=int, help="classify only the first N examples")
-    icl.add_argument("--template", help="template text with {mask}; \\n means a newline")
-    icl.add_argument("--template-file", help="read the template from a file instead")
-    icl.add_argument("--verbalizer", required=True, help="'class: word, word; class: word' or a .txt/.json/.yaml file "
-                     "(a demonstration shows its class's first word)")
+    add_prompt_options(icl, " (a demonstration shows its class's first word)")
     icl.add_argument("--shots", type=int, default=4, help="demonstrations per query (default 4; 0: zero-shot)")
     icl.add_argument("--selection", choices=SELECTIONS, default="random",
                      help="random, balanced (classes in turn) or knn (nearest by sentence embedding); default random")
@@ -715,8 +713,6 @@ def add_icl_command(commands: Any) -> None:
     icl.add_argument("--pool", help="a .jsonl/.csv/.tsv file of labelled demonstrations (default: the task's --pool-split)")
     icl.add_argument("--pool-split", default="train", help="split of the task the pool comes from (default: train)")
     icl.add_argument("--k", type=int, help="draw K pool examples per class (with --seed) instead of using them all")
-    icl.add_argument("--aggregation", choices=AGGREGATIONS, default="mean", help="how a class's several words combine")
-    icl.add_argument("--multi-token", choices=MULTI_TOKEN, default="first", help="masked LMs: how words of several tokens are scored")
     icl.add_argument("--calibrate", action="store_true",
                      help="contextual calibration with content-free inputs and the same demonstrations")
     icl.add_argument("--no-share-prefix", action="store_true",
