@@ -49,3 +49,25 @@ def test_demo_runs_both_tasks(capsys):
     assert "=== Sentiment: SST-2 test, first 8 sentences" in printed
     assert "examples  10" in printed and "examples  8" in printed
     assert printed.count("accuracy  ") == 2
+
+
+def test_smollm2_icl_cached_prefix_equals_full_prompts_and_stays_accurate():
+    """On the real model: the shared demonstrations' key/value cache gives the full prompts'
+    scores, and 8 balanced demonstrations keep SST-2 accuracy near zero-shot's."""
+    import numpy as np
+
+    from deltaprompt import ICLClassifier, load_plm, sample_per_class
+
+    task = load_task("sst2", SHARED_DATA)
+    plm = load_plm("smollm2-135m")
+    pool = sample_per_class(task.load("train"), k=8, seed=13, labels=task.labels)
+    test = task.load("test", limit=48)
+    def build(share: bool) -> ICLClassifier:
+        return ICLClassifier(plm, TEMPLATE, WORDS, classes=task.labels, demonstrations=pool, shots=8,
+                             selection="balanced", seed=13, share_prefix=share, batch_size=16)
+
+    cached = build(True)
+    probabilities = cached.predict_proba(test)
+    full = build(False).predict_proba(test[:16])  # the full prompts are slow: a third of them
+    np.testing.assert_allclose(probabilities[:16], full, atol=1e-4)
+    assert cached.evaluate(test).accuracy >= 0.7
