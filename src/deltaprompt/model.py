@@ -26,6 +26,7 @@ from .data import Example
 from .delta import MethodSpec, apply_methods, make_methods
 from .plm import PLM
 from .scoring import (
+    answer_prefix,
     causal_word_scores,
     head_inputs,
     masked_span_scores,
@@ -365,10 +366,7 @@ class PromptModel(TaskModel):
         mask = inputs["attention_mask"]
         encoder_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "inputs_embeds", "attention_mask")}
         encoded = self.model.get_encoder()(**encoder_inputs)
-        start = self.model.config.decoder_start_token_id
-        if start is None:
-            raise ValueError("the model config has no decoder_start_token_id")
-        prefix = torch.tensor([[start, self.prompt_tokenizer.mask_id]], device=mask.device).expand(mask.size(0), 2)
+        prefix = answer_prefix(self.model, self.prompt_tokenizer.mask_id, mask.size(0), mask.device)
         decoder = {"encoder_outputs": encoded, "attention_mask": mask, "decoder_input_ids": prefix, "use_cache": False}
         return decoder, torch.ones(mask.size(0), 1, dtype=torch.long, device=mask.device)
 

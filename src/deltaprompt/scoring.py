@@ -236,6 +236,15 @@ def _causal_continuation(model, cache, prefix_mask, word_ids, efficient) -> torc
 
 # ----------------------------------------------------------------------------- seq2seq
 
+def answer_prefix(model: PreTrainedModel, sentinel_id: int, rows: int, device: torch.device) -> torch.Tensor:
+    """(rows, 2) decoder ids ``<start> <sentinel>``: T5 answers a sentinel's span after them, so
+    the word sits at decoder position 1 (every reader of a seq2seq mask starts from this)."""
+    start = model.config.decoder_start_token_id
+    if start is None:
+        raise ValueError("the model config has no decoder_start_token_id")
+    return torch.tensor([[start, sentinel_id]], device=device).expand(rows, 2)
+
+
 def seq2seq_word_scores(
     model: PreTrainedModel,
     inputs: dict[str, Any],
@@ -250,10 +259,7 @@ def seq2seq_word_scores(
     encoder_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "inputs_embeds", "attention_mask")}
     encoded = model.get_encoder()(**encoder_inputs)
     batch, device = mask.size(0), mask.device
-    start = model.config.decoder_start_token_id
-    if start is None:
-        raise ValueError("the model config has no decoder_start_token_id")
-    prefix = torch.tensor([[start, sentinel_id]], device=device).expand(batch, 2)
+    prefix = answer_prefix(model, sentinel_id, batch, device)
     multi = [i for i, ids in enumerate(words.token_ids) if len(ids) > 1]
     rows, where = _unique_rows([ids[0] for ids in words.token_ids])
     answer = torch.ones(batch, 1, dtype=torch.long, device=device)

@@ -41,7 +41,7 @@ from transformers import PreTrainedTokenizerBase
 from ..data import Example, as_examples
 from ..files import atomic_write
 from ..plm import PLM, Family, load_plm
-from ..scoring import head_logits
+from ..scoring import answer_prefix, head_logits
 from ..template import Template
 from ..tokenization import PromptTokenizer, Truncation
 from ..verbalizer import Verbalizer
@@ -104,12 +104,8 @@ class MaskReader:
         if self.plm.family == "causal":
             inputs["position_ids"] = batch["position_ids"].to(device)
         elif self.plm.family == "seq2seq":
-            start = self.plm.model.config.decoder_start_token_id
-            if start is None:
-                raise ValueError("the model config has no decoder_start_token_id")
             rows = inputs["input_ids"].size(0)
-            prefix = torch.tensor([[start, self.prompt_tokenizer.mask_id]], device=device)
-            inputs["decoder_input_ids"] = prefix.expand(rows, 2)
+            inputs["decoder_input_ids"] = answer_prefix(self.plm.model, self.prompt_tokenizer.mask_id, rows, device)
             inputs["use_cache"] = False
             positions = torch.ones(rows, 1, dtype=torch.long, device=device)
         return inputs, positions
