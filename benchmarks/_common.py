@@ -227,6 +227,14 @@ def write_results(out_dir: Path, name: str, payload: dict[str, Any], markdown: s
     return json_path, md_path
 
 
+def publish(out_dir: Path, name: str, payload: dict[str, Any], markdown: str) -> int:
+    """Write a benchmark's results, print its table and where it went; the script's exit code."""
+    json_path, md_path = write_results(out_dir, name, payload, markdown)
+    log("\n" + markdown)
+    log(f"wrote {json_path} and {md_path}")
+    return 0
+
+
 def mark(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 

@@ -371,11 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     settings["data_dir"] = str(data_dir)
     payload = {"benchmark": "encoding_throughput", "settings": settings, "machine": machine,
                "results": results}
-    markdown = render_markdown(payload)
-    json_path, md_path = common.write_results(args.output_dir, args.name, payload, markdown)
-    common.log("\n" + markdown)
-    common.log(f"wrote {json_path} and {md_path}")
-    return 0
+    return common.publish(args.output_dir, args.name, payload, render_markdown(payload))
 
 
 if __name__ == "__main__":

@@ -174,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.require_task(args.data_dir or common.default_data_dir(), "sst2")
     payload = run(args)
-    markdown = render_markdown(payload)
-    json_path, md_path = common.write_results(args.output_dir, args.name, payload, markdown)
-    common.log("\n" + markdown)
-    common.log(f"wrote {json_path} and {md_path}")
-    return 0
+    return common.publish(args.output_dir, args.name, payload, render_markdown(payload))
 
 
 if __name__ == "__main__":

@@ -723,11 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             print("--device cuda, but torch sees no CUDA device. Nothing was measured.")
             return 0
     payload = run(args)
-    markdown = render_markdown(payload)
-    json_path, md_path = common.write_results(args.output_dir, args.name, payload, markdown)
-    common.log("\n" + markdown)
-    common.log(f"wrote {json_path} and {md_path}")
-    return 0
+    return common.publish(args.output_dir, args.name, payload, render_markdown(payload))
 
 
 if __name__ == "__main__":
