@@ -43,6 +43,30 @@ def require_task(data_dir: Path, task: str = "sst2") -> Path:
     return folder
 
 
+def sst2_task(data_dir: Path, classes: Sequence[str]) -> Any:
+    """The SST-2 task, refusing a folder whose labels are not the ones the benchmark's label
+    words are written for."""
+    from deltaprompt import load_task
+
+    task = load_task("sst2", data_dir)
+    if tuple(task.labels) != tuple(classes):
+        raise SystemExit(f"expected SST-2 labels {tuple(classes)}, got {task.labels}")
+    return task
+
+
+def load_model(name: str) -> tuple[Any, float]:
+    """A PLM by name and the seconds loading took, or a one-line exit when it cannot load."""
+    from deltaprompt import load_plm
+
+    log(f"loading {name} ...")
+    start = time.perf_counter()
+    try:
+        plm = load_plm(name)
+    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
+        raise SystemExit(f"cannot load {name}: {exc}") from None
+    return plm, time.perf_counter() - start
+
+
 def log(message: str) -> None:
     print(message, flush=True)
 

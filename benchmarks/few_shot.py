@@ -200,14 +200,12 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> dict[str, Any]:
     """Every (seed, method); after each one, ``checkpoint(payload)`` gets the results so far."""
     import torch
 
-    from deltaprompt import few_shot_split, load_task
+    from deltaprompt import few_shot_split
 
     if args.threads:
         torch.set_num_threads(args.threads)
     data_dir = args.data_dir or common.default_data_dir()
-    task = load_task("sst2", data_dir)
-    if tuple(task.labels) != CLASSES:
-        raise SystemExit(f"expected SST-2 labels {CLASSES}, got {task.labels}")
+    task = common.sst2_task(data_dir, CLASSES)
     pool = task.load("train")
     test_all = task.load("test")
     test = test_all[: args.test_limit] if args.test_limit else test_all

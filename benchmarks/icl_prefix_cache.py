@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from deltaprompt import ICLClassifier, load_plm, load_task, sample_per_class
+    from deltaprompt import ICLClassifier, sample_per_class
 
     if args.threads:
         torch.set_num_threads(args.threads)
     data_dir = args.data_dir or common.default_data_dir()
-    task = load_task("sst2", data_dir)
-    if tuple(task.labels) != CLASSES:
-        raise SystemExit(f"expected SST-2 labels {CLASSES}, got {task.labels}")
+    task = common.sst2_task(data_dir, CLASSES)
     examples = task.load(args.split, limit=args.limit)
     pool = sample_per_class(task.load("train"), args.k, args.seed, labels=CLASSES)
     common.log(f"SST-2 {args.split}: {len(examples)} queries; pool of {len(pool)} training sentences "
@@ -51,13 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = common.machine_info()
     common.log(f"machine: {common.machine_line(machine)}")
 
-    common.log(f"loading {MODEL} ...")
-    start = time.perf_counter()
-    try:
-        plm = load_plm(MODEL)
-    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
-        raise SystemExit(f"cannot load {MODEL}: {exc}") from None
-    load_s = time.perf_counter() - start
+    plm, load_s = common.load_model(MODEL)
 
     def classifier(share_prefix: bool) -> ICLClassifier:
         return ICLClassifier(plm, TEMPLATE, LABEL_WORDS, classes=CLASSES, demonstrations=pool, shots=args.shots,

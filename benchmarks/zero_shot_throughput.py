@@ -105,18 +105,16 @@ def method_result(name: str, times: list[float], predictions: list[int], labels:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from deltaprompt import PromptClassifier, load_plm, load_task
+    from deltaprompt import PromptClassifier
 
     if args.threads:
         torch.set_num_threads(args.threads)
     data_dir = args.data_dir or common.default_data_dir()
-    task = load_task("sst2", data_dir)
+    task = common.sst2_task(data_dir, CLASSES)
     all_examples = task.load(args.split)
     examples = all_examples[: args.limit] if args.limit else all_examples
     if not examples:
         raise SystemExit(f"SST-2 {args.split} is empty")
-    if tuple(task.labels) != CLASSES:
-        raise SystemExit(f"expected SST-2 labels {CLASSES}, got {task.labels}")
     labels = [CLASSES.index(e.label) for e in examples]
     limit_512 = min(args.limit_512 or len(examples), len(examples))
     common.log(f"SST-2 {args.split}: {len(examples):,} examples (of {len(all_examples):,}) from "
@@ -124,13 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = common.machine_info()
     common.log(f"machine: {common.machine_line(machine)}")
 
-    common.log(f"loading {MODEL} ...")
-    start = time.perf_counter()
-    try:
-        plm = load_plm(MODEL)
-    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
-        raise SystemExit(f"cannot load {MODEL}: {exc}") from None
-    load_s = time.perf_counter() - start
+    plm, load_s = common.load_model(MODEL)
     model, tokenizer = plm.model, plm.tokenizer
     model.eval()
     common.log(f"  loaded in {load_s:.1f} s ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M "
