@@ -163,6 +163,15 @@ def responsive(plm: PLM) -> PLM:
     return plm
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, gpt2_tokenizer) -> str:
+    """A tiny GPT-2 saved to disk with its tokenizer, for commands that load models by path."""
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tiny_plm("gpt2", gpt2_tokenizer).model.save_pretrained(folder)
+    gpt2_tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 TOKENIZER_OF = {
     "bert": "bert_tokenizer",
     "roberta": "roberta_tokenizer",

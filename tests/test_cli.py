@@ -2,20 +2,9 @@
 
 import json
 
-import pytest
-
 from deltaprompt.cli import main, unescape
 
-from .conftest import tiny_plm
 from .test_data import write_task
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, gpt2_tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    tiny_plm("gpt2", gpt2_tokenizer).model.save_pretrained(folder)
-    gpt2_tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def test_zero_shot_on_a_task_folder_prints_metrics_and_writes_predictions(model_dir, tmp_path, capsys):

@@ -312,14 +312,6 @@ def test_a_function_encoder_cannot_be_saved(gpt2, tmp_path):
 
 # ----------------------------------------------------------------------------- command line
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, gpt2_tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    tiny_plm("gpt2", gpt2_tokenizer).model.save_pretrained(folder)
-    gpt2_tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def test_icl_command_draws_a_pool_and_prints_the_evaluation(model_dir, tmp_path, capsys):
     task = write_task(tmp_path, labels=("negative", "positive"), per_label=4)
     out = tmp_path / "preds.jsonl"
