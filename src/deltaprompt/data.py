@@ -48,7 +48,10 @@ class Example:
                 raise KeyError("the template reads text_b but this example has none")
             return self.text_b
         if name in self.meta:
-            return str(self.meta[name])
+            value = self.meta[name]
+            if isinstance(value, Mapping) and "text" in value:  # an entity span reads as its text
+                return str(value["text"])
+            return str(value)
         known = ["text"] + (["text_b"] if self.text_b is not None else []) + sorted(self.meta)
         raise KeyError(f"the template reads field {name!r}; this example has {known}")
 
@@ -75,7 +78,12 @@ def example_from_record(
     label: str = "label",
     where: str = "record",
 ) -> Example:
-    """Map one row to an Example; every column that is not text/text_b/label goes to ``meta``."""
+    """Map one row to an Example; every column that is not text/text_b/label goes to ``meta``.
+    A row of words with BIO tags (``tokens``/``tags``, as CoNLL) becomes a tagged example."""
+    if text not in record and "tokens" in record:
+        from .spans import tagged_example  # spans builds on Example
+
+        return tagged_example(record["tokens"], record.get("tags"), where)
     if text not in record:
         raise KeyError(f"{where}: no {text!r} column (columns: {sorted(record)}); map yours with text=...")
     value = record.get(label)
@@ -187,6 +195,9 @@ class Task:
             raise FileNotFoundError(f"task {self.name!r} has no {split!r} split; it has {list(self.splits)}")
         examples = load_examples(file)
         for i, example in enumerate(examples):
+            unknown = [t for t in example.meta.get("tags", ()) if t not in self.labels] if "tokens" in example.meta else []
+            if unknown:
+                raise ValueError(f"{file}:{i + 1}: tag {unknown[0]!r} is not in labels.json {list(self.labels)}")
             if example.label is not None and example.label not in self.labels:
                 raise ValueError(
                     f"{file}:{i + 1}: label {example.label!r} is not in labels.json {list(self.labels)}"

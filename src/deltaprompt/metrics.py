@@ -34,9 +34,12 @@ def per_class_f1(counts: np.ndarray) -> np.ndarray:
     return np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
 
 
-def macro_f1(counts: np.ndarray) -> float:
-    """Unweighted mean of per-class F1 over classes that occur in gold or predictions."""
+def macro_f1(counts: np.ndarray, exclude: Sequence[int] = ()) -> float:
+    """Unweighted mean of per-class F1 over classes that occur in gold or predictions, leaving
+    out the class indices in ``exclude`` (SemEval-2010's "Other"); their examples still count
+    as misses of the classes predicted for them."""
     present = (counts.sum(0) + counts.sum(1)) > 0
+    present[list(exclude)] = False
     return float(per_class_f1(counts)[present].mean()) if present.any() else 0.0
 
 
@@ -49,8 +52,13 @@ class Evaluation:
     predictions: list[str]
     probabilities: np.ndarray
     confusion: np.ndarray = field(init=False)
+    ignore: tuple[str, ...] = ()  # classes left out of macro-F1 (a relation task's "Other")
 
     def __post_init__(self) -> None:
+        unknown = [c for c in self.ignore if c not in self.classes]
+        if unknown:
+            raise ValueError(f"ignore lists {unknown}, which are not among the classes {list(self.classes)}")
+        self.ignore = tuple(self.ignore)
         self.confusion = confusion_matrix(self.gold, self.predictions, self.classes)
 
     @property
@@ -59,7 +67,7 @@ class Evaluation:
 
     @property
     def macro_f1(self) -> float:
-        return macro_f1(self.confusion)
+        return macro_f1(self.confusion, [self.classes.index(c) for c in self.ignore])
 
     def summary(self) -> dict[str, float | int]:
         return {"n": len(self.gold), "accuracy": self.accuracy, "macro_f1": self.macro_f1}
@@ -70,7 +78,7 @@ class Evaluation:
         lines = [
             f"examples  {len(self.gold)}",
             f"accuracy  {self.accuracy:.4f}",
-            f"macro-F1  {self.macro_f1:.4f}",
+            f"macro-F1  {self.macro_f1:.4f}" + (f" (without {', '.join(self.ignore)})" if self.ignore else ""),
             "",
             "confusion (rows: gold, columns: predicted)",
             " " * width + " " + " ".join(f"{c[:width]:>{width}}" for c in self.classes),

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .artifacts import fingerprint
 from .data import Example
 from .delta import MethodSpec, apply_methods, make_methods
+from .metrics import accuracy, confusion_matrix, macro_f1
 from .plm import PLM
 from .scoring import (
     answer_prefix,
@@ -222,6 +223,43 @@ class TaskModel(nn.Module):
             soft = self.soft_prompt()[soft_index.clamp(min=0)].to(embeds.dtype)
             inputs["inputs_embeds"] = torch.where((soft_index >= 0)[..., None], soft, embeds)
         return self.transform_inputs(inputs, batch)
+
+    # -- the training objective, as the trainer sees it (defaults: one class per example)
+    def targets(self, examples: Sequence[Example], features: Sequence[Any], what: str) -> list[Any]:
+        """One training target per example: here its class index. Token models align word tags
+        to sub-words, which is why the encoded ``features`` come along."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        bad = [(n, e.label) for n, e in enumerate(examples) if e.label not in index]
+        if bad:
+            n, label = bad[0]
+            raise ValueError(
+                f"{what} example {n} has label {label!r}, which is not one of the classes "
+                f"{list(index)}; {len(bad)} such example(s)"
+            )
+        return [index[e.label] for e in examples]  # type: ignore[index]
+
+    def collate_targets(self, targets: Sequence[Any]) -> torch.Tensor:
+        """A batch's targets as one tensor, laid out like ``forward``'s output."""
+        return torch.tensor(list(targets), dtype=torch.long)
+
+    def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of the targets under ``forward``'s log-probabilities; any
+        leading shape ((B, C) per example, (B, T, C) per token), targets of -100 ignored."""
+        flat = output.float().reshape(-1, output.size(-1))
+        return F.nll_loss(flat, targets.to(flat.device).reshape(-1), ignore_index=-100)
+
+    def dev_metrics(self, features: Sequence[Any], targets: Sequence[Any], batch_size: int) -> dict[str, float]:
+        """What the trainer picks its dev metric from: ``loss`` and each metric the model knows."""
+        log_probs = self.log_proba(features, batch_size, progress=False)
+        labels = self.collate_targets(targets)
+        counts = confusion_matrix([self.classes[i] for i in labels.tolist()],
+                                  [self.classes[i] for i in log_probs.argmax(1).tolist()], self.classes)
+        return {"loss": float(self.loss(log_probs, labels)), "accuracy": accuracy(counts),
+                "macro_f1": macro_f1(counts, self.ignored_classes())}
+
+    def ignored_classes(self) -> list[int]:
+        """Class indices left out of macro-F1 (a relation model's "Other"); none by default."""
+        return []
 
     def encode(self, examples: Sequence[Example]) -> list[Any]:
         raise NotImplementedError

@@ -339,6 +339,25 @@ class PromptTokenizer:
         return batch
 
 
+def tokenize_offsets(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
+) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Token ids and each token's character offsets, for a batch of texts in one call, without
+    special tokens: how entity spans and words are mapped to tokens. Needs a fast tokenizer."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"{type(tokenizer).__name__} cannot map tokens back to characters; entity spans and word tags "
+            "need a fast (Rust) tokenizer: load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
+        )
+    if not texts:
+        return []
+    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    return [
+        (list(ids), [(int(a), int(b)) for a, b in offsets])
+        for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
+    ]
+
+
 def special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after a text ([CLS] ... [SEP], <s> ...)."""
     plain = tokenizer("x", add_special_tokens=False)["input_ids"]

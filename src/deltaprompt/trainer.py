@@ -37,11 +37,10 @@ from transformers import get_scheduler
 
 from .data import Example, as_examples
 from .files import atomic_write
-from .metrics import accuracy, confusion_matrix, macro_f1
 from .model import TaskModel
 
 logger = logging.getLogger(__name__)
-Metric = Literal["accuracy", "macro_f1"]
+Metric = Literal["accuracy", "macro_f1", "f1"]  # f1: entity-level F1 of token tasks
 Schedule = Literal["linear", "cosine", "constant"]
 CHECKPOINTS = "checkpoints"
 BEST = "best.safetensors"
@@ -172,17 +171,6 @@ class Trainer:
         self.output_dir = Path(self.config.output_dir) if self.config.output_dir else None
 
     # -- setup
-    def _labels(self, examples: Sequence[Example], what: str) -> torch.Tensor:
-        index = {c: i for i, c in enumerate(self.model.classes)}
-        bad = [(n, e.label) for n, e in enumerate(examples) if e.label not in index]
-        if bad:
-            n, label = bad[0]
-            raise ValueError(
-                f"{what} example {n} has label {label!r}, which is not one of the classes "
-                f"{list(index)}; {len(bad)} such example(s)"
-            )
-        return torch.tensor([index[e.label] for e in examples])  # type: ignore[index]
-
     def _targets(self, targets: torch.Tensor, count: int) -> torch.Tensor:
         """Soft labels: one probability distribution over the classes per training example."""
         targets = torch.as_tensor(targets).detach().float().cpu()
@@ -233,8 +221,6 @@ class Trainer:
             raise ValueError("no training examples")
         dev = as_examples(dev) if dev is not None else None
         soft = targets is not None
-        train_labels = self._targets(targets, len(train)) if soft else self._labels(train, "training")  # type: ignore[arg-type]
-        dev_labels = self._labels(dev, "dev") if dev else None
 
         accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -246,11 +232,17 @@ class Trainer:
         model = self.model
         features = model.encode(train)
         dev_features = model.encode(dev) if dev else None
+        train_labels = self._targets(targets, len(train)) if soft else model.targets(train, features, "training")
+        dev_labels = model.targets(dev, dev_features, "dev") if dev else None
+
+        def collate(rows: list[int]) -> dict[str, Any]:
+            labels = train_labels[rows] if soft else model.collate_targets([train_labels[i] for i in rows])
+            return {**model.collate([features[i] for i in rows]), "labels": labels}
         loader = DataLoader(
             list(range(len(features))),
             batch_size=config.batch_size,
             sampler=EpochOrder(len(features), config.seed),
-            collate_fn=lambda rows: {**model.collate([features[i] for i in rows]), "labels": train_labels[rows]},
+            collate_fn=collate,
             generator=torch.Generator().manual_seed(config.seed),  # leaves the global generator alone
         )
         groups = self._parameter_groups()
@@ -311,7 +303,7 @@ class Trainer:
                         if soft:  # cross-entropy against a distribution (F.cross_entropy takes probabilities)
                             loss = F.cross_entropy(wrapped(batch).float(), labels)
                         else:
-                            loss = F.nll_loss(wrapped(batch).float(), labels)
+                            loss = model.loss(wrapped(batch), labels)
                         if auxiliary is not None:
                             with accelerator.autocast():
                                 extra = auxiliary(model, state["epoch"] * len(loader) + state["batches"])
@@ -391,18 +383,16 @@ class Trainer:
             )
 
     # -- evaluation
-    def _evaluate(self, model: TaskModel, features: Sequence[Any], labels: torch.Tensor,
+    def _evaluate(self, model: TaskModel, features: Sequence[Any], labels: Sequence[Any],
                   state: dict[str, Any], log: _Log, history: list[dict[str, Any]]) -> float:
         """Every process evaluates the whole dev set (few-shot dev sets are small), so all
         ranks take the same early-stopping and best-checkpoint decisions without messages."""
         config = self.config
-        log_probs = model.log_proba(features, config.eval_batch_size, progress=False)
-        predicted = log_probs.argmax(1)
-        dev_loss = float(F.nll_loss(log_probs, labels))
-        gold = [model.classes[i] for i in labels.tolist()]
-        guess = [model.classes[i] for i in predicted.tolist()]
-        counts = confusion_matrix(gold, guess, model.classes)
-        metric = accuracy(counts) if config.metric == "accuracy" else macro_f1(counts)
+        metrics = model.dev_metrics(features, labels, config.eval_batch_size)
+        if config.metric not in metrics:
+            known = sorted(k for k in metrics if k != "loss")
+            raise ValueError(f"metric {config.metric!r} is not one this model measures; use one of {known}")
+        metric, dev_loss = metrics[config.metric], metrics["loss"]
         # Few-shot dev metrics saturate; on a tie the lower dev loss wins.
         best = state["best_metric"]
         improved = best is None or metric > best or (metric == best and dev_loss < state["best_loss"])
@@ -557,7 +547,7 @@ class _Log:
 
     def _flush(self) -> None:
         assert self.path is not None
-        columns = ["step", "epoch", "train_loss", "lr", "dev_accuracy", "dev_macro_f1", "dev_loss"]
+        columns = ["step", "epoch", "train_loss", "lr", "dev_accuracy", "dev_macro_f1", "dev_f1", "dev_loss"]
         with atomic_write(self.path) as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
