@@ -161,3 +161,29 @@ def test_prompt_tuning_with_a_head(request):
     (single, pair) = model.encode([Example("a film"), Example("a film", "the plot")])
     assert single.soft_positions == pair.soft_positions == [0, 1, 2]
     assert model.methods[0].export(model, None) is None  # the head has no place in a PEFT adapter
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_last_token_pooling_reads_the_same_token_under_left_and_right_padding(request, kind):
+    plm = plm_of(request, kind)
+    model = HeadModel(plm, CLASSES).eval()
+    assert model.pooling == "last"
+    encodings = model.encode([Example(t) for t in TEXTS])
+    left = model.collate(encodings)  # a decoder's batches pad on the left
+    lengths = [len(e.input_ids) for e in encodings]
+    width = max(lengths)
+    assert (left["attention_mask"][:, -1] == 1).all() and len(set(lengths)) == 3
+    input_ids = torch.full((len(encodings), width), model.prompt_tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encodings), width), dtype=torch.long)
+    for row, encoding in enumerate(encodings):  # the same encodings, padded on the right by hand
+        input_ids[row, : lengths[row]] = torch.tensor(encoding.input_ids)
+        mask[row, : lengths[row]] = 1
+    right = {"input_ids": input_ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+    with torch.no_grad():
+        pooled = {name: model.pool(model.hidden_states(batch), batch["attention_mask"])
+                  for name, batch in (("left", left), ("right", right))}
+        scores = {name: model(batch) for name, batch in (("left", left), ("right", right))}
+    torch.testing.assert_close(pooled["left"], pooled["right"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scores["left"], scores["right"], atol=1e-5, rtol=1e-4)
+    for row, text in enumerate(TEXTS):  # and it is the last real token's state
+        torch.testing.assert_close(pooled["right"][row], by_hand_pooled(plm, text, "last"), atol=1e-5, rtol=1e-4)
