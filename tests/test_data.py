@@ -111,3 +111,13 @@ def test_bbc_news_corpus_from_its_package():
     assert labels == ("business", "entertainment", "politics", "sports", "tech")
     assert len(examples) == 2225
     assert all(e.text and e.meta["title"] for e in examples)
+
+
+def test_rare_classes_can_give_what_they_have():
+    examples = [Example(f"a{i}", label="a") for i in range(10)] + [Example("b0", label="b")]
+    with pytest.raises(ValueError, match="class 'b' has 1 examples"):
+        few_shot_split(examples, 4, seed=13, dev_per_class=0)
+    train, dev = few_shot_split(examples, 4, seed=13, dev_per_class=0, rare_classes="keep")
+    assert sorted(e.label for e in train) == ["a"] * 4 + ["b"] and dev == []
+    with pytest.raises(ValueError, match="a class with none"):
+        few_shot_split(examples, 4, seed=13, labels=["a", "b", "c"], rare_classes="keep")

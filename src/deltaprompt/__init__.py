@@ -14,8 +14,13 @@ from .metrics import Evaluation
 from .model import PromptModel
 from .pet import PET, PVP, MaskedLMAuxiliary, ensemble_soft_labels
 from .plm import PLM, load_plm
+from .relation import RelationClassifier
 from .search import LabelWordSearch, TemplateSearch, search_label_words, search_templates
+from .span_ner import SpanTagger
+from .spans import SpanError, entity_typing_examples, tagged_example
 from .structure import count_parameters, structure
+from .subprompts import SubPromptClassifier
+from .tagging import Tagger, TaggingEvaluation
 from .template import Template, TemplateError, register_post_processor
 from .tokenization import PromptTokenizer
 from .trainer import TrainConfig, Trainer
@@ -37,6 +42,12 @@ __all__ = [
     "PromptModel",
     "PromptTokenizer",
     "PrototypeVerbalizer",
+    "RelationClassifier",
+    "SpanError",
+    "SpanTagger",
+    "SubPromptClassifier",
+    "Tagger",
+    "TaggingEvaluation",
     "Template",
     "TemplateError",
     "SoftVerbalizer",
@@ -46,6 +57,7 @@ __all__ = [
     "Verbalizer",
     "count_parameters",
     "ensemble_soft_labels",
+    "entity_typing_examples",
     "few_shot_split",
     "from_hf_dataset",
     "load",
@@ -57,4 +69,5 @@ __all__ = [
     "search_label_words",
     "search_templates",
     "structure",
+    "tagged_example",
 ]

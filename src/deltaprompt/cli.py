@@ -208,6 +208,56 @@ def write_predictions(
         write_prediction_lines(handle, classifier.classes, examples, probabilities)
 
 
+def is_labelled(example: Example) -> bool:
+    """A class label, or (a tagged sentence) one tag per word."""
+    return example.label is not None or "tags" in example.meta
+
+
+def is_tagger(classifier: Classifier) -> bool:
+    """Taggers predict one tag per word rather than one class per example."""
+    from .span_ner import SpanTagger
+    from .tagging import Tagger
+
+    return isinstance(classifier, Tagger | SpanTagger)
+
+
+def evaluation_details(evaluation: Any) -> dict[str, Any]:
+    """The metrics file's breakdown: per entity type for tags, the confusion matrix for classes."""
+    from .tagging import TaggingEvaluation
+
+    if isinstance(evaluation, TaggingEvaluation):
+        return {"per_type": evaluation.per_type()}
+    return {"classes": list(evaluation.classes), "confusion": evaluation.confusion.tolist()}
+
+
+def write_evaluated(path: str | Path, classifier: Classifier, examples: Sequence[Example], evaluation: Any) -> None:
+    """Predictions of an evaluated run, reusing what the evaluation computed."""
+    from .tagging import TaggingEvaluation
+
+    if isinstance(evaluation, TaggingEvaluation):
+        with atomic_write(path) as handle:
+            write_tag_lines(handle, examples, evaluation.predicted)
+    else:
+        write_predictions(path, classifier, examples, evaluation.probabilities)
+
+
+def write_unlabelled(path: str | Path, classifier: Classifier, examples: Sequence[Example]) -> None:
+    if is_tagger(classifier):
+        with atomic_write(path) as handle:
+            write_tag_lines(handle, examples, classifier.predict(examples))
+    else:
+        write_predictions(path, classifier, examples, classifier.predict_proba(examples))
+
+
+def write_tag_lines(handle: IO[str], examples: Sequence[Example], predicted: Sequence[Sequence[str]]) -> None:
+    """JSON Lines of tagged sentences: the words, the gold tags (if any), the predicted tags."""
+    for i, (example, tags) in enumerate(zip(examples, predicted, strict=True)):
+        words = example.meta.get("tokens") or example.text.split()
+        record = {"index": i, "tokens": list(words), **({"tags": list(example.meta["tags"])} if "tags" in example.meta else {}),
+                  "prediction": list(tags)}
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
 def write_prediction_lines(
     handle: IO[str], classes: Sequence[str], examples: Sequence[Example], probabilities: np.ndarray
 ) -> None:
@@ -344,14 +394,13 @@ def run_train(args: argparse.Namespace) -> int:
     model_dir = classifier.save(out / "model")
 
     test_metrics: dict[str, Any] | None = None
-    if data.test and all(e.label is not None for e in data.test):
+    if data.test and all(map(is_labelled, data.test)):
         evaluation = classifier.evaluate(data.test)
-        test_metrics = {**evaluation.summary(), "classes": list(evaluation.classes),
-                        "confusion": evaluation.confusion.tolist()}
-        write_predictions(out / "test_predictions.jsonl", classifier, data.test, evaluation.probabilities)
+        test_metrics = {**evaluation.summary(), **evaluation_details(evaluation)}
+        write_evaluated(out / "test_predictions.jsonl", classifier, data.test, evaluation)
         print(evaluation.report())
     elif data.test:  # unlabelled test data: predictions, no metrics
-        write_predictions(out / "test_predictions.jsonl", classifier, data.test, classifier.predict_proba(data.test))
+        write_unlabelled(out / "test_predictions.jsonl", classifier, data.test)
         print(f"the test split has unlabelled examples: predictions in {out / 'test_predictions.jsonl'}, no metrics")
     metrics = {
         "config": str(args.config),
@@ -366,12 +415,13 @@ def run_train(args: argparse.Namespace) -> int:
                      "metric": training.metric, "stopped_early": result.stopped_early,
                      "seconds": round(result.seconds, 2)},
         "test": test_metrics,
-        "accuracy": test_metrics["accuracy"] if test_metrics else None,
-        "macro_f1": test_metrics["macro_f1"] if test_metrics else None,
+        **{key: (test_metrics or {}).get(key) for key in ("accuracy", "macro_f1", "f1")},
     }
     _write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if test_metrics:
-        print(f"test accuracy {test_metrics['accuracy']:.4f}, macro-F1 {test_metrics['macro_f1']:.4f}")
+        names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "f1": "entity F1"}
+        print("test " + ", ".join(f"{label} {test_metrics[key]:.4f}" for key, label in names.items()
+                                  if test_metrics.get(key) is not None))
     print(f"parameters: {count}")
     print(f"saved the classifier to {model_dir} and metrics to {out / 'metrics.json'}")
     return 0
@@ -391,11 +441,11 @@ def load_classifier(args: argparse.Namespace) -> Classifier:
 def run_eval(args: argparse.Namespace) -> int:
     classifier = load_classifier(args)
     examples, _ = load_cli_examples(args)
-    unlabelled = sum(e.label is None for e in examples)
+    unlabelled = sum(not is_labelled(e) for e in examples)
     if unlabelled:
         raise ValueError(f"{unlabelled} of {len(examples)} examples have no label; evaluation needs labels "
                          "(deltaprompt predict classifies unlabelled data)")
-    unknown = sorted({e.label for e in examples} - set(classifier.classes))  # type: ignore[misc]
+    unknown = sorted({e.label for e in examples if e.label is not None} - set(classifier.classes))
     if unknown:
         raise ValueError(f"labels {unknown} are not classes of this classifier {list(classifier.classes)}")
     started = time.perf_counter()
@@ -405,11 +455,10 @@ def run_eval(args: argparse.Namespace) -> int:
           f"{len(examples)} examples in {elapsed:.1f} s")
     print(evaluation.report())
     if args.output:
-        write_predictions(args.output, classifier, examples, evaluation.probabilities)
+        write_evaluated(args.output, classifier, examples, evaluation)
         print(f"predictions written to {args.output}")
     if args.metrics:
-        summary = {**evaluation.summary(), "classes": list(evaluation.classes),
-                   "confusion": evaluation.confusion.tolist(), "data": args.data, "split": args.split}
+        summary = {**evaluation.summary(), **evaluation_details(evaluation), "data": args.data, "split": args.split}
         _write_text(Path(args.metrics), json.dumps(summary, indent=2) + "\n")
     return 0
 
@@ -436,6 +485,15 @@ def read_inputs(args: argparse.Namespace) -> list[Example]:
 def run_predict(args: argparse.Namespace) -> int:
     examples = read_inputs(args)
     classifier = load_classifier(args)
+    if is_tagger(classifier):
+        tags = classifier.predict(examples)
+        if args.output:
+            with atomic_write(args.output) as handle:
+                write_tag_lines(handle, examples, tags)
+            print(f"{len(examples)} tagged sentences written to {args.output}")
+        else:
+            write_tag_lines(sys.stdout, examples, tags)
+        return 0
     probabilities = classifier.predict_proba(examples)
     if args.output:
         write_predictions(args.output, classifier, examples, probabilities)

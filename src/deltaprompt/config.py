@@ -19,6 +19,7 @@ read as YAML (never evaluated); keys that hold text take the text as written.
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 import types
 import typing
@@ -36,12 +37,13 @@ from .data import Example, few_shot_split, load_examples, load_task
 from .head import Pooling
 from .plm import PLM, Family
 from .schema import ConfigError, from_dict, to_dict
+from .spans import entity_typing_examples
 from .template import Template, TemplateError
 from .tokenization import Truncation
 from .trainer import TrainConfig
 from .verbalizer import Aggregation, MultiToken, make_verbalizer, parse_label_words
 
-Kind = Literal["prompt", "head"]
+Kind = Literal["prompt", "head", "tagger", "relation", "subprompts", "span_ner"]
 DType = Literal["float32", "float16", "bfloat16"]
 LABEL_WORD_FILES = (".txt", ".json", ".yaml", ".yml")
 
@@ -99,7 +101,11 @@ class DataSection:
     columns ``text_column``/``text_b_column``/``label_column`` name). ``labels`` fixes the class
     order for files. ``shots``: sample that many examples per class from the training split
     (LM-BFF's protocol, with ``seed``), and ``dev_per_class`` (default: ``shots``; 0: none)
-    more, disjoint, as the dev set. ``*_limit``: keep only the first N examples of a split."""
+    more, disjoint, as the dev set. ``*_limit``: keep only the first N examples of a split.
+    Tagged sentences (CoNLL's words and BIO tags): ``shots`` draws that many sentences (and
+    ``dev_per_class`` sentences as dev); ``entity_typing: true`` turns each gold entity into
+    one example whose label is its type (for a prompt that types entities). ``rare_classes:
+    keep`` lets a class with fewer examples than asked give what it has (default: an error)."""
 
     task: str | None = None
     train: str | None = None
@@ -116,6 +122,8 @@ class DataSection:
     train_limit: int | None = None
     dev_limit: int | None = None
     test_limit: int | None = None
+    entity_typing: bool = False
+    rare_classes: Literal["error", "keep"] = "error"
 
     def __post_init__(self) -> None:
         files = [name for name in ("train", "dev", "test") if getattr(self, name)]
@@ -154,7 +162,17 @@ class ClassifierSection:
     label words become class scores, by name (manual, soft, knowledgeable, prototype) or as a
     mapping with its options (``{type: prototype, tau: 0.05}``; docs/verbalizers.md); a
     knowledgeable verbalizer measures its word priors on the training texts, labels unused.
-    ``batch_size``: for inference."""
+    ``batch_size``: for inference.
+
+    Entity tasks (docs/entities.md): ``kind: tagger`` tags words (BIO) with a head on their
+    sub-tokens (``alignment``: first or all); ``kind: relation`` classifies the relation between
+    two marked entities (``variant``: cls, mention_pool, mention_pool_position, markers_cls,
+    markers_mention_pool, markers_start; ``negative_class`` is left out of macro-F1, default
+    Other); ``kind: subprompts`` combines PTR-style sub-prompts by ``rules`` ({class: [one
+    sub-label per sub-prompt]}; ``subprompts``: [{template, label_words}]); ``kind: span_ner``
+    tags entities by typing every span of up to ``max_span_words`` words through ``template``
+    and ``label_words`` ({type: words}) with ``none_word`` for non-entities, keeping spans at
+    ``threshold`` or above."""
 
     kind: Kind = "prompt"
     template: str | None = None
@@ -168,8 +186,25 @@ class ClassifierSection:
     max_length: int | None = None
     truncation: Truncation = "longest_first"
     batch_size: int = 16
+    alignment: Literal["first", "all"] | None = None
+    variant: str | None = None
+    negative_class: str | None = None
+    subprompts: list[dict[str, Any]] | None = None
+    rules: dict[str, list[str]] | None = None
+    none_word: str | None = None
+    max_span_words: int | None = None
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
+        entity = self.kind in ENTITY_KINDS  # the prompt and head kinds check their own keys below
+        own = {key for kind, keys in KIND_OPTIONS.items() for key in keys if entity or kind in ENTITY_KINDS}
+        for key in sorted(own - set(KIND_OPTIONS.get(self.kind, ()))):
+            if getattr(self, key) is not None:
+                owners = [k for k, keys in KIND_OPTIONS.items() if key in keys]
+                raise ConfigError(f"classifier.{key} applies to kind: {' or '.join(owners)}, not to kind: {self.kind}")
+        if self.kind in ENTITY_KINDS:
+            self._check_entity_kind()
+            return
         if self.kind == "prompt":
             missing = [k for k in ("template", "label_words") if getattr(self, k) is None]
             if missing:
@@ -214,6 +249,29 @@ class ClassifierSection:
         if self.batch_size < 1:
             raise ConfigError(f"classifier.batch_size must be positive, got {self.batch_size}")
 
+    def _check_entity_kind(self) -> None:
+        """The entity kinds check their own options when built; here what needs no model."""
+        needs = {"span_ner": ("template", "label_words"), "subprompts": ("subprompts", "rules")}
+        missing = [k for k in needs.get(self.kind, ()) if getattr(self, k) is None]
+        if missing:
+            raise ConfigError(f"classifier: kind: {self.kind} needs {' and '.join(missing)}")
+        if self.kind in ("tagger", "relation"):
+            for key in ("template", "label_words"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"classifier.{key}: kind: {self.kind} puts a head on the PLM and takes no {key}")
+        elif self.dropout is not None:
+            raise ConfigError(f"classifier.dropout applies to heads (kind: head, tagger, relation), not to kind: {self.kind}")
+        if self.calibrate:
+            raise ConfigError("classifier.calibrate applies to kind: prompt")
+        if self.kind == "span_ner":
+            self._check_label_words()
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"classifier.dropout must be in [0, 1), got {self.dropout}")
+        if self.max_span_words is not None and self.max_span_words < 1:
+            raise ConfigError(f"classifier.max_span_words must be at least 1, got {self.max_span_words}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ConfigError(f"classifier.threshold must be in [0, 1], got {self.threshold}")
+
     def _check_label_words(self) -> None:
         words = self.label_words
         if isinstance(words, list):  # class order comes with the data; check the shape only
@@ -251,6 +309,16 @@ class ClassifierSection:
 
 
 MethodEntry = str | dict[str, Any]
+# Options that belong to one kind of classifier (the rest are shared or checked per kind).
+KIND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "prompt": ("verbalizer", "aggregation", "multi_token"),
+    "head": ("pooling",),
+    "tagger": ("alignment",),
+    "relation": ("variant", "negative_class"),
+    "subprompts": ("subprompts", "rules"),
+    "span_ner": ("none_word", "max_span_words", "threshold"),
+}
+ENTITY_KINDS = ("tagger", "relation", "subprompts", "span_ner")
 
 
 @dataclass
@@ -551,6 +619,14 @@ def load_run_data(config: RunConfig) -> RunData:
         train = load_examples(typing.cast(str, data.train), *columns)
         dev = load_examples(data.dev, *columns) if data.dev else None
         test = load_examples(data.test, *columns) if data.test else None
+    if train and all("tokens" in e.meta for e in train):
+        if not data.entity_typing:
+            return _tagged_run_data(config, train, dev, test, classes)
+        types = sorted({tag[2:] for tag in classes or () if tag != "O"}) or None
+        train, dev, test = (entity_typing_examples(x) if x else x for x in (train, dev, test))
+        classes = tuple(types) if types else None
+    elif data.entity_typing:
+        raise ValueError("data.entity_typing reads tagged sentences (words and BIO tags); this data has none")
     named = config.classifier.classes()
     if classes is not None and named is not None and set(named) != set(classes):
         missing, extra = sorted(set(classes) - set(named)), sorted(set(named) - set(classes))
@@ -570,7 +646,8 @@ def load_run_data(config: RunConfig) -> RunData:
         if any(e.label is None for e in examples or ()):
             raise ValueError(f"data: every {split} example needs a label")
     if data.shots is not None:
-        train, sampled_dev = few_shot_split(train, data.shots, data.seed, classes, data.dev_per_class)
+        train, sampled_dev = few_shot_split(train, data.shots, data.seed, classes, data.dev_per_class,
+                                             data.rare_classes)
         if sampled_dev:
             dev = sampled_dev
     if data.train_limit:
@@ -584,6 +661,31 @@ def load_run_data(config: RunConfig) -> RunData:
     if len(classes) < 2:
         raise ValueError(f"data: a classifier needs at least two classes, found {list(classes)}")
     return RunData(train, dev or None, test or None, classes)
+
+
+def _tagged_run_data(config: RunConfig, train: list[Example], dev: list[Example] | None,
+                     test: list[Example] | None, tags: tuple[str, ...] | None) -> RunData:
+    """Tagged sentences: the classes are the BIO tags; ``shots`` draws sentences, not classes."""
+    data = config.data
+    seen = {t for split in (train, dev or [], test or []) for e in split for t in e.meta.get("tags", ())}
+    tags = tags or tuple(["O", *sorted(seen - {"O"})])
+    unknown = sorted(seen - set(tags))
+    if unknown:
+        raise ValueError(f"data: tags {unknown} are not among the labels {list(tags)}")
+    if any("tags" not in e.meta for e in [*train, *(dev or [])]):
+        raise ValueError("data: every training and dev sentence needs its tags")
+    if data.shots is not None:
+        wanted = data.shots + (data.shots if data.dev_per_class is None else data.dev_per_class)
+        if len(train) < wanted:
+            raise ValueError(f"data: {wanted} sentences were asked for (shots and dev), the train split has {len(train)}")
+        drawn = list(train)
+        random.Random(data.seed).shuffle(drawn)
+        train, sampled_dev = drawn[: data.shots], drawn[data.shots : wanted]
+        dev = sampled_dev or dev
+    train = train[: data.train_limit] if data.train_limit else train
+    dev = dev[: data.dev_limit] if dev is not None and data.dev_limit else dev
+    test = test[: data.test_limit] if test is not None and data.test_limit else test
+    return RunData(train, dev or None, test or None, tags)
 
 
 # ----------------------------------------------------------------------------- building
@@ -607,6 +709,8 @@ def build_classifier(config: RunConfig, plm: PLM, classes: Sequence[str]) -> Cla
     from .classifier import HeadClassifier, PromptClassifier
 
     c = config.classifier
+    if c.kind in ENTITY_KINDS:
+        return _entity_classifier(config, plm, classes)
     if c.kind == "prompt":
         return PromptClassifier(
             plm, typing.cast(str, c.template), c.label_words, classes=classes,
@@ -620,6 +724,39 @@ def build_classifier(config: RunConfig, plm: PLM, classes: Sequence[str]) -> Cla
         dropout=0.1 if c.dropout is None else c.dropout,
         methods=config.method_specs(), seed=config.training.seed,
     )
+
+
+def _entity_classifier(config: RunConfig, plm: PLM, classes: Sequence[str]) -> Classifier:
+    c, methods, seed = config.classifier, config.method_specs(), config.training.seed
+    tagged = c.kind in ("tagger", "span_ner")
+    if tagged != any(cls.startswith(("B-", "I-")) for cls in classes):
+        raise ValueError(f"classifier kind {c.kind!r} needs "
+                         + ("tagged sentences (words with BIO tags)" if tagged else "labelled examples, not tagged sentences"))
+    common: dict[str, Any] = {"batch_size": c.batch_size, "max_length": c.max_length, "methods": methods, "seed": seed}
+    if c.kind == "tagger":
+        from .tagging import Tagger
+
+        return Tagger(plm, classes, alignment=c.alignment or "first", dropout=0.1 if c.dropout is None else c.dropout,
+                      **common)
+    if c.kind == "relation":
+        from .relation import RelationClassifier
+
+        extra = {"negative_class": c.negative_class} if c.negative_class is not None else {}
+        return RelationClassifier(plm, classes, variant=c.variant or "markers_start",
+                                  dropout=0.1 if c.dropout is None else c.dropout, **extra, **common)
+    if c.kind == "subprompts":
+        from .subprompts import SubPromptClassifier
+
+        rules = typing.cast(dict[str, list[str]], c.rules)
+        missing = sorted(set(classes) - set(rules))
+        if missing:
+            raise ValueError(f"classifier.rules: no rule for the classes {missing}")
+        return SubPromptClassifier(plm, typing.cast(list[dict[str, Any]], c.subprompts),
+                                   {k: rules[k] for k in classes}, **common)
+    from .span_ner import SpanTagger
+
+    options = {k: getattr(c, k) for k in ("none_word", "max_span_words", "threshold") if getattr(c, k) is not None}
+    return SpanTagger(plm, typing.cast(str, c.template), parse_label_words(c.label_words), **options, **common)
 
 
 __all__ = [

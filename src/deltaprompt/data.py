@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 # Benchmark data sits beside the checkout: ../shared/data from the repository root.
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -263,11 +263,14 @@ def few_shot_split(
     seed: int,
     labels: Sequence[str] | None = None,
     dev_per_class: int | None = None,
+    rare_classes: Literal["error", "keep"] = "error",
 ) -> tuple[list[Example], list[Example]]:
     """LM-BFF's protocol: K per class for training and, disjoint from it, K per class as dev.
 
-    ``dev_per_class`` defaults to ``k``; 0 gives no dev set. Classes are ``labels`` (all of
-    them must have enough examples) or every label seen. Both lists are shuffled with ``seed``.
+    ``dev_per_class`` defaults to ``k``; 0 gives no dev set. Classes are ``labels`` or every
+    label seen; a class with too few examples is an error, or with ``rare_classes="keep"`` gives
+    what it has (training first: SemEval has a relation with one training example). Both lists
+    are shuffled with ``seed``.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -283,10 +286,10 @@ def few_shot_split(
     dev_idx: list[int] = []
     for label in classes:
         pool = by_label.get(label, [])
-        if len(pool) < k + dev_k:
+        if len(pool) < k + dev_k and (rare_classes == "error" or not pool):
             raise ValueError(
                 f"class {label!r} has {len(pool)} examples; {k} train + {dev_k} dev per class "
-                "were asked for"
+                "were asked for" + ("" if pool else " (a class with none cannot be sampled)")
             )
         chosen = list(pool)
         rng.shuffle(chosen)  # a full shuffle: the train draw does not depend on dev_per_class

@@ -136,7 +136,9 @@ class Lora(DeltaMethod):
         config.inference_mode = True
         config.base_model_name_or_path = getattr(task.model, "name_or_path", None) or None
         config.save_pretrained(str(directory))
-        state = get_peft_model_state_dict(self.peft_model, adapter_name=ADAPTER)
+        # LoRA weights only: PEFT would also store a resized embedding matrix (a relation model's
+        # entity markers grow it), tied to the LM head; the markers travel in our own artifact.
+        state = get_peft_model_state_dict(self.peft_model, adapter_name=ADAPTER, save_embedding_layers=False)
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
         return directory
