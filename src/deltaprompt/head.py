@@ -89,11 +89,7 @@ class HeadModel(TaskModel):
             # Random soft tokens are only worth a warning when nothing is going to train them.
             table = soft_table(self.model, self.prompt_tokenizer.soft_init_ids, warn=built is None)
             self.soft_prompt = SoftPrompt(table) if table is not None else None
-            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size(self.model), len(self._classes)))
-            std = getattr(self.model.config, "initializer_range", None) or 0.02
-            nn.init.normal_(self.head[1].weight, std=std)  # as the PLM's own heads start
-            nn.init.zeros_(self.head[1].bias)
-            self.head.to(self.device)
+            self.head = linear_head(self.model, hidden_size(self.model), len(self._classes), dropout)
             self.setup_methods(built)
 
     @property
@@ -184,6 +180,16 @@ def pair_template_text(tokenizer: PreTrainedTokenizerBase) -> str:
         return "{text} {text_b}"
     tokens = tokenizer.convert_ids_to_tokens(middle)
     return "{text}" + "".join("{" + f'"special": {token!r}' + "}" for token in tokens) + "{text_b}"
+
+
+def linear_head(model: PreTrainedModel, features: int, classes: int, dropout: float) -> nn.Sequential:
+    """Dropout and a linear layer on the model's device, initialised as the PLM's own heads
+    start (normal at its ``initializer_range``, zero bias): the head of every fine-tuning recipe."""
+    head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, classes))
+    std = getattr(model.config, "initializer_range", None) or 0.02
+    nn.init.normal_(head[1].weight, std=std)
+    nn.init.zeros_(head[1].bias)
+    return head.to(model.device)
 
 
 def hidden_size(model: PreTrainedModel) -> int:

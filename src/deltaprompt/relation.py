@@ -38,8 +38,8 @@ from torch import nn
 
 from .classifier import Classifier, _resolve_plm
 from .data import Example
-from .delta import DeltaMethod, MethodSpec, make_methods
-from .head import DEFAULT_POOLING, HeadModel, _check_classes, hidden_size
+from .delta import MethodSpec, make_methods, template_rewriters
+from .head import DEFAULT_POOLING, HeadModel, _check_classes, hidden_size, linear_head
 from .metrics import Evaluation
 from .model import Batch, TaskModel, seeded
 from .plm import PLM, Family
@@ -103,7 +103,7 @@ class RelationModel(TaskModel):
         self.pooling = DEFAULT_POOLING[plm.family]  # what ``pool`` (HeadModel's) reads for the cls variants
         self.marker_tokens = _check_markers(markers) if variant.startswith("markers") else ()
         built = make_methods(methods) if methods is not None else None
-        rewriting = [m.name for m in built or [] if type(m).rewrite_template is not DeltaMethod.rewrite_template]
+        rewriting = template_rewriters(built or [])
         if rewriting:
             raise ValueError(
                 f"{rewriting} add soft tokens to a template, and a relation model has none; use lora, "
@@ -135,10 +135,7 @@ class RelationModel(TaskModel):
                 nn.init.normal_(self.roles.weight, std=std)
                 nn.init.zeros_(self.roles.weight[NO_ROLE])  # tokens outside the entities start unchanged
             groups = 1 if variant in ("cls", "markers_cls") else 2
-            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(groups * width, len(self._classes)))
-            nn.init.normal_(self.head[1].weight, std=std)  # as the PLM's own heads start
-            nn.init.zeros_(self.head[1].bias)
-            self.head.to(self.device)
+            self.head = linear_head(self.model, groups * width, len(self._classes), dropout)
             self.setup_methods(built)
         # Entity vectors are task parameters that train with the head, whatever the methods.
         self.claim([m.weight for m in (self.markers, self.roles) if m is not None], "head")

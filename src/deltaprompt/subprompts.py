@@ -38,7 +38,7 @@ from torch import nn
 from . import artifacts
 from .classifier import Classifier, _resolve_plm
 from .data import Example
-from .delta import DeltaMethod, MethodSpec, make_methods
+from .delta import DeltaMethod, MethodSpec, make_methods, template_rewriters
 from .model import Batch, PromptModel, Role, TaskModel, seeded
 from .plm import PLM, Family
 from .template import Template
@@ -210,7 +210,7 @@ def check_rules(rules: Mapping[str, Sequence[str]], sub_labels: Sequence[Sequenc
 def refuse_template_rewriting(methods: Sequence[DeltaMethod]) -> None:
     """Prompt tuning and P-Tuning add soft tokens to the template; with several templates
     that has no single meaning, so they are refused with what to do instead."""
-    rewriting = [m.name for m in methods if type(m).rewrite_template is not DeltaMethod.rewrite_template]
+    rewriting = template_rewriters(methods)
     if rewriting:
         raise ValueError(
             f"{', '.join(rewriting)} rewrite(s) a template, and sub-prompts have several; put soft tokens "

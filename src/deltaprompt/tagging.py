@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from .classifier import Classifier, _resolve_plm
 from .data import Example
-from .delta import DeltaMethod, MethodSpec, make_methods
-from .head import hidden_size
+from .delta import MethodSpec, make_methods, template_rewriters
+from .head import hidden_size, linear_head
 from .model import Batch, TaskModel, seeded
 from .plm import PLM, Family
 from .spans import join_words, tagged_example
@@ -89,7 +89,7 @@ class TokenModel(TaskModel):
         self.tag_index = {tag: i for i, tag in enumerate(self.tags)}
         self.continuation = self._continuation_ids()
         built = make_methods(methods) if methods is not None else None
-        templated = [m.name for m in built or [] if type(m).rewrite_template is not DeltaMethod.rewrite_template]
+        templated = template_rewriters(built or [])
         if templated:
             raise ValueError(
                 f"{templated} write soft tokens into a prompt template, and token classification has no "
@@ -104,11 +104,7 @@ class TokenModel(TaskModel):
                     if i is not None), 0)
         self.pad_id: int = pad
         with seeded(seed):
-            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size(self.model), len(self.tags)))
-            std = getattr(self.model.config, "initializer_range", None) or 0.02
-            nn.init.normal_(self.head[1].weight, std=std)  # as the PLM's own heads start
-            nn.init.zeros_(self.head[1].bias)
-            self.head.to(self.device)
+            self.head = linear_head(self.model, hidden_size(self.model), len(self.tags), dropout)
             self.setup_methods(built)
 
     @property

@@ -81,6 +81,12 @@ def make_methods(specs: Iterable[MethodSpec] | MethodSpec | None) -> list[DeltaM
     return sorted(methods, key=lambda m: m.order)
 
 
+def template_rewriters(methods: Iterable[DeltaMethod]) -> list[str]:
+    """Names of the methods that write soft tokens into a template (prompt tuning, P-Tuning):
+    models that read no single template (taggers, relation heads, sub-prompts) refuse them."""
+    return [m.name for m in methods if type(m).rewrite_template is not DeltaMethod.rewrite_template]
+
+
 def apply_methods(task: TaskModel, methods: Sequence[DeltaMethod]) -> None:
     """Freeze the PLM, then let each method add or unfreeze what it trains. Soft prompts and
     heads (parts of the task model, not the PLM) stay trainable."""
@@ -92,6 +98,7 @@ def apply_methods(task: TaskModel, methods: Sequence[DeltaMethod]) -> None:
 
 
 __all__ = [
+    "template_rewriters",
     "METHOD_NAMES",
     "DeltaConfig",
     "MethodSpec",
