@@ -53,6 +53,21 @@ def test_a_checkpoint_without_lm_head_warns(tmp_path, bert_tokenizer):
     assert loaded.head_pretrained is False
 
 
+def test_weights_missing_from_the_checkpoint_are_the_same_at_every_load(tmp_path, bert_tokenizer):
+    """A classifier trained on a head-less checkpoint must find the same base when loaded again."""
+    from deltaprompt.artifacts import fingerprint
+
+    BertModel(BertConfig(vocab_size=len(bert_tokenizer), hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    bert_tokenizer.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning):
+        first, second = load_plm(str(tmp_path)), load_plm(str(tmp_path))
+    dense = first.model.cls.predictions.transform.dense.weight
+    assert float(dense.std()) == pytest.approx(first.model.config.initializer_range, rel=0.3)
+    assert float(first.model.cls.predictions.transform.LayerNorm.weight.min()) == 1.0
+    assert fingerprint(first.model) == fingerprint(second.model)
+
+
 def test_missing_model_names_the_offline_options():
     with pytest.raises(OSError, match="smollm2-135m, minilm-l6"):
         load_plm("no-such-org/no-such-model-for-deltaprompt")

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -200,6 +200,27 @@ def _quiet_transformers():
 
 # ----------------------------------------------------------------------------- loading
 
+def initialise_missing(model: PreTrainedModel, names: Sequence[str]) -> None:
+    """Give weights the checkpoint lacks the same values at every load (biases 0, norm scales 1,
+    matrices normal at the config's ``initializer_range``, from a fixed seed): a classifier
+    trained on such a model (MiniLM without its MLM head) then finds the very base it was
+    trained on, fingerprint included, when it is loaded again."""
+    std = getattr(model.config, "initializer_range", None) or 0.02
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        for name in names:
+            tensor = parameters.get(name)
+            if tensor is None:
+                continue
+            if tensor.ndim >= 2:
+                tensor.normal_(0.0, std)
+            elif name.endswith("bias"):
+                tensor.zero_()
+            else:
+                tensor.fill_(1.0)
+
+
 def load_plm(
     name: str,
     family: Family | None = None,
@@ -235,9 +256,10 @@ def load_plm(
         )
     missing = sorted(info.get("missing_keys") or [])
     if missing:
+        initialise_missing(model, missing)
         warnings.warn(
             f"{name}: {len(missing)} weights are not in the checkpoint and were initialised at "
-            f"random ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}). For a "
+            f"random, from a fixed seed ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}). For a "
             f"{family} LM this usually means it was saved without its LM head: zero-shot "
             "predictions from it are meaningless until it is trained.",
             stacklevel=2,
