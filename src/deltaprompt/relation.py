@@ -44,7 +44,7 @@ from .metrics import Evaluation
 from .model import Batch, TaskModel, seeded
 from .plm import PLM, Family
 from .spans import Span, SpanError, entity_pair, tokens_in
-from .tokenization import special_affixes, tokenize_offsets
+from .tokenization import padding_id, special_affixes, tokenize_offsets
 
 Variant = Literal["cls", "mention_pool", "mention_pool_position", "markers_cls", "markers_mention_pool",
                   "markers_start"]
@@ -117,9 +117,7 @@ class RelationModel(TaskModel):
         if budget is not None and budget < 1:
             raise ValueError(f"max_length={self.max_length} leaves no room for text after the special tokens")
         self.budget = budget
-        tokenizer = plm.tokenizer
-        self.pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id)
-                            if t is not None), 0)
+        self.pad_id = padding_id(plm.tokenizer)
         width = hidden_size(self.model)
         self.markers: nn.Embedding | None = None
         self.roles: nn.Embedding | None = None

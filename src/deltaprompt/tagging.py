@@ -33,7 +33,7 @@ from .head import hidden_size, linear_head
 from .model import Batch, TaskModel, seeded
 from .plm import PLM, Family
 from .spans import join_words, tagged_example
-from .tokenization import special_affixes, tokenize_offsets
+from .tokenization import padding_id, special_affixes, tokenize_offsets
 
 logger = logging.getLogger(__name__)
 Alignment = Literal["first", "all"]
@@ -100,9 +100,7 @@ class TokenModel(TaskModel):
         self.prefix_ids, self.suffix_ids = special_affixes(tokenizer)
         if self.max_length is not None and self.max_length <= len(self.prefix_ids) + len(self.suffix_ids):
             raise ValueError(f"max_length={self.max_length} leaves no room for words between the special tokens")
-        pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id)
-                    if i is not None), 0)
-        self.pad_id: int = pad
+        self.pad_id = padding_id(tokenizer)
         with seeded(seed):
             self.head = linear_head(self.model, hidden_size(self.model), len(self.tags), dropout)
             self.setup_methods(built)

@@ -128,7 +128,7 @@ class PromptTokenizer:
         self.max_length = max_length
         self.truncation = truncation
         self.mask_span = mask_span
-        self.pad_id = _first_id(tokenizer, "pad_token_id", "eos_token_id", "unk_token_id") or 0
+        self.pad_id = padding_id(tokenizer)
         self.prefix_ids, self.suffix_ids = special_affixes(tokenizer)
         if family == "causal":
             self.suffix_ids = []  # the sequence ends where the label word will follow
@@ -366,6 +366,12 @@ def special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list
         if full[start : start + len(plain)] == plain:
             return list(full[:start]), list(full[start + len(plain) :])
     return [], []
+
+
+def padding_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that fills padding: the pad token, else EOS (GPT-2 has no pad), else UNK. Padded
+    positions are masked out, so any id the model knows will do."""
+    return _first_id(tokenizer, "pad_token_id", "eos_token_id", "unk_token_id") or 0
 
 
 def _first_id(tokenizer: PreTrainedTokenizerBase, *attributes: str) -> int | None:
