@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_commands(commands)
     add_pet_command(commands)
     add_icl_command(commands)
+    add_bench_command(commands)
+    add_report_command(commands)
     return parser
 
 
@@ -748,6 +750,95 @@ ICL_DESCRIPTION = (
     "least relevant first, when a prompt exceeds --max-length. --calibrate divides out the class prior "
     "of content-free inputs given the same demonstrations. Prints accuracy, macro-F1 and a confusion matrix."
 )
+
+
+def add_bench_command(commands: Any) -> None:
+    """``bench``: run a benchmark suite (a preset or a YAML file) into a results folder."""
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark suite: tasks x methods x K x seeds, resuming where it stopped",
+        description="Runs every run of the suite that has no record yet in OUT/runs/ (one JSON file per run, "
+        "written when it ends; a run's file name is a hash of its whole config, so a changed option runs "
+        "again and a killed suite resumes). Presets: quick (minutes on a CPU), paper (LM-BFF: K=16, five "
+        "seeds, six tasks, every method), gpu (a large random-weight model: speed and memory only). "
+        "Then: deltaprompt report OUT.",
+    )
+    bench.add_argument("suite", help="a preset (quick, paper, gpu) or a suite YAML file")
+    bench.add_argument("--out", required=True, help="the results folder")
+    bench.add_argument("--limit", type=int, help="test examples per task: a fixed random sample of N (overrides the "
+                       "suite's test_limit; the runs get their own ids)")
+    bench.add_argument("--only-tasks", nargs="+", metavar="TASK", help="run only these tasks of the suite")
+    bench.add_argument("--only-methods", nargs="+", metavar="METHOD", help="run only these methods of the suite")
+    bench.add_argument("--retry-failed", action="store_true", help="run failed runs again (by default they are kept)")
+    bench.add_argument("--dry-run", action="store_true", help="list the runs and which are cached; run nothing")
+    bench.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench.runner import SuiteRunner
+    from .bench.suite import load_suite
+
+    suite = load_suite(args.suite)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {args.limit}")
+        suite.test_limit = args.limit
+    runner = SuiteRunner(suite, args.out, only_tasks=args.only_tasks, only_methods=args.only_methods,
+                         retry_failed=args.retry_failed)
+    if args.dry_run:
+        print(runner.describe_plan())
+        return 0
+    result = runner.run()
+    print(f"{len(result.executed)} run(s) ran ({len(result.failed)} failed, {len(result.unavailable)} unavailable), "
+          f"{len(result.cached)} cached; results in {args.out}")
+    return 1 if result.failed else 0
+
+
+def add_report_command(commands: Any) -> None:
+    """``report``: HTML + Markdown report of a results folder written by ``bench``."""
+    report = commands.add_parser(
+        "report",
+        help="write the HTML and Markdown report of a benchmark results folder",
+        description="Reads RESULTS_DIR/runs/*.json and writes report.html (self-contained: inline CSS and plots, "
+        "no script, no network) and report.md with its plots as PNG files: the results table (mean ± std over "
+        "seeds, best in bold, significance marks), the runs that failed or were unavailable, the suite's "
+        "targets, plots, and the performance benchmarks.",
+    )
+    report.add_argument("results_dir", help="the folder given to `deltaprompt bench --out`")
+    report.add_argument("--out", help="folder for report.html, report.md and the plots (default: RESULTS_DIR/report)")
+    report.add_argument("--confusion", metavar="RUN", help="run for the confusion matrix: a run id or "
+                        "task/method/k/seed (seed 'none' for a seed-independent run); default: the best trained "
+                        "run on the first task")
+    report.add_argument("--perf", metavar="DIR", help="performance benchmark results to collect (default: "
+                        "benchmarks/results of this checkout, when it exists)")
+    report.add_argument("--k", type=int, help="K the results table shows (default: each method's largest)")
+    report.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
+    report.add_argument("--screenshot", metavar="PNG", help="also render report.html in headless Chromium and save a "
+                        "screenshot (e.g. docs/images/bench-report.png)")
+    report.add_argument("--window-size", default="1280x2400", help="screenshot size, WIDTHxHEIGHT (default 1280x2400)")
+    report.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .bench.browser import screenshot
+    from .bench.performance import default_perf_dir
+    from .bench.report import write_report
+
+    size = None
+    if args.screenshot:
+        try:
+            size = tuple(int(part) for part in args.window_size.lower().split("x"))
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"--window-size must be WIDTHxHEIGHT, e.g. 1280x2400, not {args.window_size!r}")
+    perf = args.perf if args.perf is not None else default_perf_dir()
+    files = write_report(args.results_dir, args.out, confusion=args.confusion, perf_dir=perf, k=args.k,
+                         n_resamples=args.resamples)
+    print(f"report written: {files.html} and {files.markdown} ({len(files.images)} plots)")
+    if args.screenshot:
+        print(f"screenshot written: {screenshot(files.html, args.screenshot, window_size=size)}")
+    return 0
 
 
 def add_icl_command(commands: Any) -> None:
