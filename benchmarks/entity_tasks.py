@@ -84,11 +84,11 @@ def per_class(examples: Sequence[Any], k: int, seed: int) -> list[Any]:
 
 # ----------------------------------------------------------------------------- runs
 
-def train_config(args: argparse.Namespace, task: str, budget: str, model: str) -> Any:
+def train_config(args: argparse.Namespace, recipe: str, budget: str, model: str) -> Any:
     from deltaprompt import TrainConfig
 
     epochs = args.few_epochs if budget == "few" else args.large_epochs
-    if budget == "few" and task == "conll2003":
+    if budget == "few" and recipe == "tagger":
         epochs = args.ner_few_epochs  # 50 sentences: a head learning BIO tags from scratch needs more passes
     full_lr = 5e-5 if model == ENCODER else 2e-5
     return TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=full_lr, delta_lr=1e-3, head_lr=1e-3,
@@ -109,7 +109,7 @@ def run_one(key: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[st
 
     model, task, recipe, method, budget = key.split("/")
     plm = load_plm(model)
-    config = train_config(args, task, budget, model)
+    config = train_config(args, recipe, budget, model)
     methods = methods_of(method)
     seed = args.seed
     if task == "conll2003" and recipe in ("tagger", "span_ner"):
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--few-sentences", type=int, default=50)
     parser.add_argument("--large", type=int, default=1000)
     parser.add_argument("--few-epochs", type=int, default=5)
-    parser.add_argument("--ner-few-epochs", type=int, default=30, help="epochs on the few NER sentences")
+    parser.add_argument("--ner-few-epochs", type=int, default=30, help="epochs of the tagger on the few NER sentences")
     parser.add_argument("--large-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--test-limit", type=int, default=300)
