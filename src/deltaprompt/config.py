@@ -36,7 +36,7 @@ if typing.TYPE_CHECKING:
 from .data import Example, few_shot_split, load_examples, load_task
 from .head import Pooling
 from .plm import PLM, Family
-from .schema import ConfigError, from_dict, to_dict
+from .schema import ConfigError, from_dict, relocated, to_dict
 from .spans import entity_typing_examples
 from .template import Template, TemplateError
 from .tokenization import Truncation
@@ -426,11 +426,7 @@ def build_config(raw: dict[str, Any], where: str = "config") -> RunConfig:
     try:
         return from_dict(RunConfig, raw, "config")
     except ConfigError as exc:
-        message = str(exc).splitlines()[0] if str(exc) else "invalid config"
-        for prefix in ("config.", "config: "):
-            if message.startswith(prefix):
-                message = message[len(prefix):]
-        raise ConfigError(f"{where}: {message}") from None
+        raise relocated(exc, "config", where) from None
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:

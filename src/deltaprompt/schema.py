@@ -20,6 +20,16 @@ class ConfigError(ValueError):
     """A config value or key that cannot be used; the message names where it is."""
 
 
+def relocated(exc: ConfigError, root: str, where: str) -> ConfigError:
+    """The first line of ``exc`` told from ``where`` (a file) instead of the section path
+    ``root`` it was checked under, so the user reads "suite.yaml: tasks.sst2 ..."."""
+    message = str(exc).splitlines()[0] if str(exc) else f"invalid {root}"
+    for prefix in (f"{root}.", f"{root}: "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    return ConfigError(f"{where}: {message}")
+
+
 def _type_name(hint: Any) -> str:
     origin = get_origin(hint)
     if origin is Literal:

@@ -34,7 +34,7 @@ from typing import Any, Literal, get_args
 
 from ..config import check_methods, read_yaml
 from ..head import POOLINGS
-from ..schema import ConfigError, from_dict
+from ..schema import ConfigError, from_dict, relocated
 from ..template import Template, TemplateError
 from ..trainer import TrainConfig
 from ..verbalizer import parse_label_words
@@ -384,11 +384,7 @@ def build_suite(raw: Any, where: str = "suite", base: Path | None = None) -> Sui
     try:
         return _build(raw, base)
     except ConfigError as exc:
-        message = str(exc).splitlines()[0] if str(exc) else "invalid suite"
-        for prefix in ("suite.", "suite: "):
-            if message.startswith(prefix):
-                message = message[len(prefix):]
-        raise ConfigError(f"{where}: {message}") from None
+        raise relocated(exc, "suite", where) from None
 
 
 def _build(raw: dict[str, Any], base: Path | None) -> Suite:
