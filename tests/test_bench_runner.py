@@ -194,6 +194,13 @@ def test_matrix_zero_shot_once_per_task_and_the_rest_per_k_and_seed(model_dir, d
     with pytest.raises(ConfigError, match="--only-methods: 'lora' not in suite tiny; it has zero_shot"):
         expand(suite, only_methods=["lora"])
 
+    seeds = sorted({r.seed for r in runs if r.seed is not None})
+    first = expand(suite, only_seeds=seeds[:1])
+    assert {r.seed for r in first} == {seeds[0], None}  # zero-shot runs have no seed and stay
+    assert {r.id for r in first} == {r.id for r in runs if r.seed in (seeds[0], None)}
+    with pytest.raises(ConfigError, match="--only-seeds: 999 not in suite tiny"):
+        expand(suite, only_seeds=[999])
+
 
 def test_ids_change_with_the_data_and_are_the_same_in_another_process(model_dir, data_dir, tmp_path):
     path = write_suite(tmp_path, suite_dict(model_dir, data_dir))

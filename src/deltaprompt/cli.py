@@ -769,6 +769,8 @@ def add_bench_command(commands: Any) -> None:
                        "suite's test_limit; the runs get their own ids)")
     bench.add_argument("--only-tasks", nargs="+", metavar="TASK", help="run only these tasks of the suite")
     bench.add_argument("--only-methods", nargs="+", metavar="METHOD", help="run only these methods of the suite")
+    bench.add_argument("--only-seeds", nargs="+", type=int, metavar="SEED",
+                       help="run only these seeds of the suite (zero-shot runs have none and always run)")
     bench.add_argument("--retry-failed", action="store_true", help="run failed runs again (by default they are kept)")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and which are cached; run nothing")
     bench.set_defaults(run=run_bench)
@@ -784,7 +786,7 @@ def run_bench(args: argparse.Namespace) -> int:
             raise ValueError(f"--limit must be at least 1, got {args.limit}")
         suite.test_limit = args.limit
     runner = SuiteRunner(suite, args.out, only_tasks=args.only_tasks, only_methods=args.only_methods,
-                         retry_failed=args.retry_failed)
+                         only_seeds=args.only_seeds, retry_failed=args.retry_failed)
     if args.dry_run:
         print(runner.describe_plan())
         return 0

@@ -151,9 +151,11 @@ def expand(
     only_tasks: Sequence[str] | None = None,
     only_methods: Sequence[str] | None = None,
     device: str | None = None,
+    only_seeds: Sequence[int] | None = None,
 ) -> list[Run]:
     """Every run of the suite in order (task, then method, K and seed), with its config and id.
-    Zero-shot runs are one per task (K 0, no seed)."""
+    Zero-shot runs are one per task (K 0, no seed) and kept whatever ``only_seeds`` says, so a
+    long suite can be run one seed at a time and report every method early."""
     from .. import __version__
 
     filters = (("--only-tasks", only_tasks, suite.tasks), ("--only-methods", only_methods, suite.methods))
@@ -180,7 +182,8 @@ def expand(
                 task_config.update(template=spec.template, label_words=spec.label_words)
             if method.kind == "pet":
                 task_config["patterns"] = spec.patterns
-            cells = [(0, None)] if method.seedless else [(k, s) for k in spec.k_values(suite.k) for s in suite.seeds]
+            seeds = [s for s in suite.seeds if not only_seeds or s in only_seeds]
+            cells = [(0, None)] if method.seedless else [(k, s) for k in spec.k_values(suite.k) for s in seeds]
             for k, seed in cells:
                 config = {
                     "model": model,
@@ -719,7 +722,7 @@ def _default_log(message: str) -> None:
 
 class SuiteRunner:
     """Runs a suite into ``out_dir`` (``runs/<id>.json`` per run, ``suite.yaml``, ``suite.json``).
-    ``only_tasks``/``only_methods`` restrict the matrix; ``retry_failed`` reruns failed runs;
+    ``only_tasks``/``only_methods``/``only_seeds`` restrict the matrix; ``retry_failed`` reruns failed runs;
     ``progress``: a progress bar over the runs (None: only on a terminal); ``log``: where the
     one line per run goes."""
 
@@ -730,6 +733,7 @@ class SuiteRunner:
         *,
         only_tasks: Sequence[str] | None = None,
         only_methods: Sequence[str] | None = None,
+        only_seeds: Sequence[int] | None = None,
         retry_failed: bool = False,
         device: str | None = None,
         progress: bool | None = None,
@@ -739,7 +743,7 @@ class SuiteRunner:
         self.out_dir = Path(out_dir)
         self.retry_failed = retry_failed
         self.device = resolve_device(device or suite.device)
-        self.runs = expand(suite, only_tasks, only_methods, self.device)
+        self.runs = expand(suite, only_tasks, only_methods, self.device, only_seeds)
         self.progress = progress
         self.log = log or _default_log
 
