@@ -14,6 +14,7 @@ from .metrics import Evaluation
 from .model import PromptModel
 from .pet import PET, PVP, MaskedLMAuxiliary, ensemble_soft_labels
 from .plm import PLM, load_plm
+from .prompt_spec import Constraints, Exemplar, OutputFormat, PromptSpec, Turn
 from .relation import RelationClassifier
 from .search import LabelWordSearch, TemplateSearch, search_label_words, search_templates
 from .span_ner import SpanTagger
@@ -29,17 +30,21 @@ from .verbalizer import KnowledgeableVerbalizer, PrototypeVerbalizer, SoftVerbal
 __version__ = "0.1.0"
 __all__ = [
     "PLM",
+    "Constraints",
     "Evaluation",
+    "Exemplar",
     "Example",
     "HeadClassifier",
     "ICLClassifier",
     "KnowledgeableVerbalizer",
     "LabelWordSearch",
     "MaskedLMAuxiliary",
+    "OutputFormat",
     "PET",
     "PVP",
     "PromptClassifier",
     "PromptModel",
+    "PromptSpec",
     "PromptTokenizer",
     "PrototypeVerbalizer",
     "RelationClassifier",
@@ -53,6 +58,7 @@ __all__ = [
     "SoftVerbalizer",
     "TemplateSearch",
     "TrainConfig",
+    "Turn",
     "Trainer",
     "Verbalizer",
     "count_parameters",
