@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_icl_command(commands)
     add_bench_command(commands)
     add_report_command(commands)
+    add_ab_command(commands)
     return parser
 
 
@@ -840,6 +841,81 @@ def run_report(args: argparse.Namespace) -> int:
     print(f"report written: {files.html} and {files.markdown} ({len(files.images)} plots)")
     if args.screenshot:
         print(f"screenshot written: {screenshot(files.html, args.screenshot, window_size=size)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- ab
+
+AB_DESCRIPTION = (
+    "A/B test of prompt variants. Every variant in VARIANTS.yaml (a template, or a PromptSpec with "
+    "spec/spec_file, optionally through the model's chat template) classifies the same labelled examples "
+    "zero-shot with one loaded model. Prints each variant's metric with its confidence interval (Wilson for "
+    "accuracy, a bootstrap otherwise), a paired test for every pair (McNemar for accuracy, exact below 25 "
+    "discordant examples; the paired bootstrap for macro-F1; Holm-adjusted with more than two variants) and "
+    "a plain verdict. --out writes report.json (results, predictions, the per-example diff) and report.md."
+)
+
+
+def add_ab_command(commands: Any) -> None:
+    """``ab``: compare prompt variants from a YAML file on the same examples."""
+    from .ab import METRICS, TESTS
+
+    ab = commands.add_parser("ab", help="A/B test prompt variants on the same labelled examples, with significance",
+                             description=AB_DESCRIPTION)
+    ab.add_argument("variants", help="the variants file (.yaml): variants: {name: template or {spec: ...}}")
+    ab.add_argument("--data", required=True, help="task folder, task name, or a .jsonl/.csv/.tsv file")
+    ab.add_argument("--data-dir", help="where task names are looked up (default ../shared/data)")
+    ab.add_argument("--split", default="test", help="split of a task folder (default: test)")
+    ab.add_argument("--limit", type=int, help="a fixed random sample of N examples, drawn with --seed")
+    ab.add_argument("--seed", type=int, default=0, help="seeds the --limit sample and the bootstrap (default 0)")
+    ab.add_argument("--metric", choices=METRICS, default="accuracy", help="the metric compared (default accuracy)")
+    ab.add_argument("--test", choices=TESTS, default="auto",
+                    help="auto: McNemar for accuracy, paired bootstrap otherwise (default auto)")
+    ab.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts (default 0.05)")
+    ab.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    ab.add_argument("--out", help="write report.json and report.md here")
+    ab.add_argument("--show-diff", type=int, default=0, metavar="N",
+                    help="also print the first N examples where the variants disagree")
+    add_column_options(ab)
+    add_model_options(ab)
+    ab.set_defaults(model=None, run=run_ab)  # --model overrides the file's model
+
+
+def run_ab(args: argparse.Namespace) -> int:
+    from .ab import evaluate_variants, load_variants, sample_examples
+
+    if args.show_diff < 0:
+        raise ValueError("--show-diff cannot be negative")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be positive")
+    variants = load_variants(Path(args.variants))
+    model = args.model or variants.model or "smollm2-135m"
+    examples, classes = load_cli_examples(argparse.Namespace(**{**vars(args), "limit": None}))
+    total = len(examples)
+    examples = sample_examples(examples, args.limit, args.seed)
+    unlabelled = sum(e.label is None for e in examples)
+    if unlabelled:
+        raise ValueError(f"{unlabelled} of {len(examples)} examples have no label; an A/B test needs labels")
+    started = time.perf_counter()
+    plm = plm_module.load_plm(model, args.family, device=args.device)
+    print(f"model {model} ({plm.family}) loaded in {time.perf_counter() - started:.1f} s")
+    sample = f", a sample of {len(examples)} of {total} (seed {args.seed})" if len(examples) < total else ""
+    print(f"{len(variants.variants)} variants ({', '.join(variants.names)}) on {len(examples)} examples "
+          f"of {args.data} ({args.split}){sample}")
+    report = evaluate_variants(variants, examples, plm, classes=classes, metric=args.metric, alpha=args.alpha,
+                               test=args.test, resamples=args.resamples, seed=args.seed, batch_size=args.batch_size,
+                               max_length=args.max_length, truncation=args.truncation)
+    report.meta.update({"variants_file": str(args.variants), "data": args.data, "split": args.split,
+                        "limit": args.limit, "seed": args.seed, "examples_available": total})
+    print("seconds per variant: " + ", ".join(f"{name} {s:.1f}" for name, s in report.meta["seconds"].items()))
+    print()
+    print(report.to_text())
+    if args.show_diff:
+        print()
+        print(report.diff(limit=args.show_diff).to_text())
+    if args.out:
+        json_path, markdown_path = report.save(args.out)
+        print(f"report written: {json_path} and {markdown_path}")
     return 0
 
 
