@@ -9,6 +9,7 @@ from .data import (
     load_task,
     sample_per_class,
 )
+from .generation import PromptForGeneration, generation_example
 from .icl import ICLClassifier
 from .metrics import Evaluation
 from .model import PromptModel
@@ -43,6 +44,7 @@ __all__ = [
     "PET",
     "PVP",
     "PromptClassifier",
+    "PromptForGeneration",
     "PromptModel",
     "PromptSpec",
     "PromptTokenizer",
@@ -66,6 +68,7 @@ __all__ = [
     "entity_typing_examples",
     "few_shot_split",
     "from_hf_dataset",
+    "generation_example",
     "load",
     "load_examples",
     "load_plm",
