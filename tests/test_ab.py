@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -440,3 +441,11 @@ def test_spec_variants_from_yaml_and_spec_file(tmp_path, gpt2_tokenizer):
     with pytest.raises(ConfigError, match="variant 'cot': spec"):
         load_variants("label_words: 'n: x; p: y'\nvariants:\n  a: '{text} {mask}'\n"
                       "  cot: {spec: {task: t, chain_of_thought: true}}\n")
+
+
+def test_the_shipped_variants_file_loads():
+    path = Path(__file__).resolve().parents[1] / "examples" / "ab" / "sst2-variants.yaml"
+    variants = load_variants(path)
+    assert [v.name for v in variants.variants] == ["plain", "chat_instruction", "chat_exemplars"]
+    assert [v.chat for v in variants.variants] == [False, True, True]
+    assert variants.variants[2].spec is not None and len(variants.variants[2].spec.exemplars) == 2

@@ -60,7 +60,7 @@ def run_config(tasks: Path, model_dir: str, task: str, classifier: dict, **data)
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name.startswith(("conll", "semeval"))))
 def test_the_documented_entity_configs_are_valid(name):
     config = load_config(EXAMPLES / name)
-    assert config.classifier.kind in ("tagger", "relation", "prompt", "subprompts", "span_ner")
+    assert config.classifier.kind in ("tagger", "relation", "prompt", "subprompts", "span_ner", "generation")
     if config.classifier.kind == "subprompts":  # every class's rule names one answer of each sub-prompt
         raw = yaml.safe_load((EXAMPLES / name).read_text())["classifier"]
         answers = [set(s["label_words"]) for s in raw["subprompts"]]

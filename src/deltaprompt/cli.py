@@ -1,5 +1,5 @@
 """Command line: ``zero-shot``, ``demo``, and the training workflow ``train`` -> ``eval`` /
-``predict`` / ``info``."""
+``predict`` / ``info`` (``generate`` and generation models: ``deltaprompt.generation_cli``)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from .verbalizer import AGGREGATIONS, MULTI_TOKEN, KnowledgeableVerbalizer, pars
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, OSError, TemplateError)
 DTYPES = ("float32", "float16", "bfloat16")
+GENERATION_KEYS = ("exact_match", "token_f1", "invalid")  # metrics.json's top-level scores of a generation run
 
 
 def unescape(text: str) -> str:
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_command(commands)
     add_report_command(commands)
     add_ab_command(commands)
+    from .generation_cli import add_generate_command
+
+    add_generate_command(commands)
     return parser
 
 
@@ -111,7 +115,8 @@ def add_workflow_commands(commands: Any) -> None:
         "eval",
         help="evaluate a trained classifier on labelled data",
         description="Loads a classifier saved by train (or Classifier.save) and prints accuracy, "
-        "macro-F1 and the confusion matrix.",
+        "macro-F1 and the confusion matrix; for a generation model, the generation metrics (exact match, "
+        "token F1, BLEU, ROUGE, the share of outputs post-processing rejected) with its saved settings.",
     )
     evaluate.add_argument("model_dir", help="a saved classifier folder (OUTPUT/model of a train run)")
     evaluate.add_argument("--data", required=True, help="task folder, task name, or a .jsonl/.csv/.tsv file")
@@ -122,6 +127,9 @@ def add_workflow_commands(commands: Any) -> None:
     evaluate.add_argument("--metrics", help="also write the metrics here as JSON")
     add_column_options(evaluate)
     add_loaded_model_options(evaluate)
+    from .generation_cli import add_generation_options
+
+    add_generation_options(evaluate)  # generation models only
     evaluate.set_defaults(run=run_eval)
 
     predict = commands.add_parser(
@@ -367,8 +375,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = replace(config, output_dir=str(out))
     data = load_run_data(config)
     sizes = {"train": len(data.train), "dev": len(data.dev or ()), "test": len(data.test or ())}
-    print(f"data: {sizes['train']} train, {sizes['dev']} dev, {sizes['test']} test examples; "
-          f"classes {', '.join(data.classes)}")
+    print(f"data: {sizes['train']} train, {sizes['dev']} dev, {sizes['test']} test examples"
+          + (f"; classes {', '.join(data.classes)}" if data.classes else ""))
     started = time.perf_counter()
     plm = load_base_model(config.model)
     print(f"model {config.model.name} ({plm.family}) loaded in {time.perf_counter() - started:.1f} s")
@@ -397,7 +405,15 @@ def run_train(args: argparse.Namespace) -> int:
     model_dir = classifier.save(out / "model")
 
     test_metrics: dict[str, Any] | None = None
-    if data.test and all(map(is_labelled, data.test)):
+    generation = config.classifier.kind == "generation"
+    if generation:  # decoding, post-processing and metrics travel with the model for eval / generate
+        from .generation_cli import evaluate_split, save_settings
+
+        settings = config.classifier.generation_settings()
+        save_settings(model_dir, settings)
+        if data.test:
+            test_metrics = evaluate_split(classifier, data.test, settings, out / "test_predictions.jsonl")
+    elif data.test and all(map(is_labelled, data.test)):
         evaluation = classifier.evaluate(data.test)
         test_metrics = {**evaluation.summary(), **evaluation_details(evaluation)}
         write_evaluated(out / "test_predictions.jsonl", classifier, data.test, evaluation)
@@ -418,10 +434,11 @@ def run_train(args: argparse.Namespace) -> int:
                      "metric": training.metric, "stopped_early": result.stopped_early,
                      "seconds": round(result.seconds, 2)},
         "test": test_metrics,
-        **{key: (test_metrics or {}).get(key) for key in ("accuracy", "macro_f1", "f1")},
+        **{key: (test_metrics or {}).get(key)
+           for key in (GENERATION_KEYS if generation else ("accuracy", "macro_f1", "f1"))},
     }
     _write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    if test_metrics:
+    if test_metrics and not generation:  # evaluate_split printed a generation model's
         names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "f1": "entity F1"}
         print("test " + ", ".join(f"{label} {test_metrics[key]:.4f}" for key, label in names.items()
                                   if test_metrics.get(key) is not None))
@@ -442,8 +459,17 @@ def load_classifier(args: argparse.Namespace) -> Classifier:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from .generation import PromptForGeneration
+    from .generation_cli import generation_flags, run_generation_eval
+
     classifier = load_classifier(args)
     examples, _ = load_cli_examples(args)
+    if isinstance(classifier, PromptForGeneration):
+        return run_generation_eval(args, classifier, examples)
+    given = generation_flags(args)
+    if given:
+        raise ValueError(f"{given[0]} applies to generation models; {args.model_dir} holds a "
+                         f"{classifier.kind} classifier")
     unlabelled = sum(not is_labelled(e) for e in examples)
     if unlabelled:
         raise ValueError(f"{unlabelled} of {len(examples)} examples have no label; evaluation needs labels "
@@ -488,6 +514,9 @@ def read_inputs(args: argparse.Namespace) -> list[Example]:
 def run_predict(args: argparse.Namespace) -> int:
     examples = read_inputs(args)
     classifier = load_classifier(args)
+    if classifier.kind == "generation":
+        raise ValueError(f"{args.model_dir} holds a generation model: use deltaprompt generate {args.model_dir} "
+                         f"--data {args.input}")
     if is_tagger(classifier):
         tags = classifier.predict(examples)
         if args.output:

@@ -19,6 +19,7 @@ read as YAML (never evaluated); keys that hold text take the text as written.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import random
 import re
 import types
@@ -32,6 +33,7 @@ import yaml
 
 if typing.TYPE_CHECKING:
     from .classifier import Classifier
+    from .prompt_spec import PromptSpec
 
 from .data import Example, few_shot_split, load_examples, load_task
 from .head import Pooling
@@ -43,7 +45,7 @@ from .tokenization import Truncation
 from .trainer import TrainConfig
 from .verbalizer import Aggregation, MultiToken, make_verbalizer, parse_label_words
 
-Kind = Literal["prompt", "head", "tagger", "relation", "subprompts", "span_ner"]
+Kind = Literal["prompt", "head", "tagger", "relation", "subprompts", "span_ner", "generation"]
 DType = Literal["float32", "float16", "bfloat16"]
 LABEL_WORD_FILES = (".txt", ".json", ".yaml", ".yml")
 
@@ -105,7 +107,12 @@ class DataSection:
     Tagged sentences (CoNLL's words and BIO tags): ``shots`` draws that many sentences (and
     ``dev_per_class`` sentences as dev); ``entity_typing: true`` turns each gold entity into
     one example whose label is its type (for a prompt that types entities). ``rare_classes:
-    keep`` lets a class with fewer examples than asked give what it has (default: an error)."""
+    keep`` lets a class with fewer examples than asked give what it has (default: an error).
+
+    Generation (``classifier.kind: generation``): each example's output is the column
+    ``target_column`` (default target); ``shots`` draws that many examples (and
+    ``dev_per_class`` more as dev). ``entity_records: true`` turns tagged sentences into
+    sentence -> JSON record of their entities by type (``deltaprompt.entity_records``)."""
 
     task: str | None = None
     train: str | None = None
@@ -124,6 +131,8 @@ class DataSection:
     test_limit: int | None = None
     entity_typing: bool = False
     rare_classes: Literal["error", "keep"] = "error"
+    target_column: str = "target"
+    entity_records: bool = False
 
     def __post_init__(self) -> None:
         files = [name for name in ("train", "dev", "test") if getattr(self, name)]
@@ -149,6 +158,47 @@ class DataSection:
                 raise ConfigError(f"data.{name} must be at least 1, got {value}")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"data.labels lists a class twice: {self.labels}")
+        if self.entity_typing and self.entity_records:
+            raise ConfigError("data: entity_typing and entity_records make different tasks of tagged sentences; "
+                              "choose one")
+        if not self.target_column:
+            raise ConfigError("data.target_column is empty; name the column holding each example's output")
+
+
+@dataclass
+class DecodingSection:
+    """How a generation model decodes (``classifier.decoding``), as transformers' ``generate``:
+    greedy by default, beam search with ``num_beams`` > 1, sampling with ``do_sample`` (and
+    ``temperature``, ``top_p``, ``top_k``; ``seed`` fixes the draw, default the training seed);
+    ``repetition_penalty`` and ``no_repeat_ngram_size`` against repeated text."""
+
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1:
+            raise ConfigError(f"classifier.decoding.num_beams must be at least 1, got {self.num_beams}")
+        if self.temperature <= 0:
+            raise ConfigError(f"classifier.decoding.temperature must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"classifier.decoding.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"classifier.decoding.top_k must be at least 1 (or null: no cut), got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"classifier.decoding.repetition_penalty must be positive, got {self.repetition_penalty}")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"classifier.decoding.no_repeat_ngram_size cannot be negative, got "
+                              f"{self.no_repeat_ngram_size}")
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of ``PromptForGeneration.generate``."""
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -172,7 +222,16 @@ class ClassifierSection:
     sub-label per sub-prompt]}; ``subprompts``: [{template, label_words}]); ``kind: span_ner``
     tags entities by typing every span of up to ``max_span_words`` words through ``template``
     and ``label_words`` ({type: words}) with ``none_word`` for non-entities, keeping spans at
-    ``threshold`` or above."""
+    ``threshold`` or above.
+
+    Generation (docs/generation.md): ``kind: generation`` trains a ``PromptForGeneration`` with
+    teacher forcing on each example's output. The prompt is ``template`` (its ``{mask}`` is the
+    answer slot; none: the answer follows the end), a PromptSpec mapping ``spec`` or a spec YAML
+    file ``spec_file``; ``chat`` wraps it in the tokenizer's chat template. ``max_new_tokens``
+    (default 64) bounds answers; ``decoding`` (``DecodingSection``) sets how they are decoded;
+    ``postprocess`` lists post-processing steps (``deltaprompt.postprocess``, e.g. ``[strip,
+    {json: {schema: ...}}]``), ``retry_invalid`` prompts once more when they reject an output;
+    ``metrics``: exact_match, token_f1, bleu, rouge (default the first two)."""
 
     kind: Kind = "prompt"
     template: str | None = None
@@ -194,14 +253,28 @@ class ClassifierSection:
     none_word: str | None = None
     max_span_words: int | None = None
     threshold: float | None = None
+    spec: dict[str, Any] | None = None
+    spec_file: str | None = None
+    chat: bool = False
+    max_new_tokens: int | None = None
+    decoding: dict[str, Any] | None = None  # a DecodingSection; a mapping here so that its errors name the key
+    postprocess: list[str | dict[str, Any]] | None = None
+    retry_invalid: bool = False
+    metrics: list[str] | None = None
 
     def __post_init__(self) -> None:
-        entity = self.kind in ENTITY_KINDS  # the prompt and head kinds check their own keys below
-        own = {key for kind, keys in KIND_OPTIONS.items() for key in keys if entity or kind in ENTITY_KINDS}
+        entity = self.kind in SPECIAL_KINDS  # the prompt and head kinds check their own keys below
+        own = {key for kind, keys in KIND_OPTIONS.items() for key in keys if entity or kind in SPECIAL_KINDS}
         for key in sorted(own - set(KIND_OPTIONS.get(self.kind, ()))):
             if getattr(self, key) is not None:
                 owners = [k for k, keys in KIND_OPTIONS.items() if key in keys]
                 raise ConfigError(f"classifier.{key} applies to kind: {' or '.join(owners)}, not to kind: {self.kind}")
+        for key in ("chat", "retry_invalid"):
+            if getattr(self, key) and self.kind != "generation":
+                raise ConfigError(f"classifier.{key} applies to kind: generation, not to kind: {self.kind}")
+        if self.kind == "generation":
+            self._check_generation_kind()
+            return
         if self.kind in ENTITY_KINDS:
             self._check_entity_kind()
             return
@@ -272,6 +345,82 @@ class ClassifierSection:
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ConfigError(f"classifier.threshold must be in [0, 1], got {self.threshold}")
 
+    def _check_generation_kind(self) -> None:
+        """Everything a generation model needs that can be checked without a model: one prompt
+        (template, spec or spec_file), post-processing steps that exist, known metrics."""
+        given = [k for k in ("template", "spec", "spec_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ConfigError("classifier: kind: generation needs exactly one of template, spec, spec_file"
+                              + (f" (got {' and '.join(given)})" if given else ""))
+        for key in ("label_words", "dropout"):
+            if getattr(self, key) is not None:
+                raise ConfigError(f"classifier.{key}: kind: generation writes text and takes no {key}")
+        if self.calibrate:
+            raise ConfigError("classifier.calibrate applies to kind: prompt")
+        if self.template is not None:
+            try:
+                masks = Template(self.template).num_masks
+            except (TemplateError, ValueError) as exc:
+                raise ConfigError(f"classifier.template: {str(exc).splitlines()[0]}") from None
+            if masks > 1:
+                raise ConfigError(f"classifier.template: a generation template has one answer slot {{mask}} "
+                                  f"(or none: the answer follows its end); this one has {masks}")
+        if self.spec_file is not None and not Path(self.spec_file).is_file():
+            raise ConfigError(f"classifier.spec_file: no such file {self.spec_file!r}")
+        self.prompt_spec()
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError(f"classifier.max_new_tokens must be positive, got {self.max_new_tokens}")
+        self.decoding_section()
+        if self.postprocess is not None:
+            from .postprocess import make_pipeline
+
+            try:
+                make_pipeline(self.postprocess)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"classifier.postprocess: {str(exc).splitlines()[0]}") from None
+        if self.retry_invalid and not self.postprocess:
+            raise ConfigError("classifier.retry_invalid retries outputs that post-processing rejects; "
+                              "add classifier.postprocess steps (e.g. [{json: {schema: ...}}])")
+        if self.metrics is not None:
+            from .generation_metrics import METRICS
+
+            for i, name in enumerate(self.metrics):
+                if name not in METRICS:
+                    close = difflib.get_close_matches(name, METRICS, n=1)
+                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    raise ConfigError(f"classifier.metrics[{i}]: unknown metric {name!r}; {hint}"
+                                      f"choose from {', '.join(METRICS)}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"classifier.max_length must be positive, got {self.max_length}")
+        if self.batch_size < 1:
+            raise ConfigError(f"classifier.batch_size must be positive, got {self.batch_size}")
+
+    def prompt_spec(self) -> PromptSpec | None:
+        """The PromptSpec of ``spec`` or ``spec_file`` (None for a template)."""
+        from .prompt_spec import PromptSpec
+
+        if self.spec is not None:
+            return PromptSpec.from_dict(self.spec, "classifier.spec")
+        if self.spec_file is not None:
+            try:
+                return PromptSpec.load(self.spec_file)
+            except ConfigError as exc:
+                raise ConfigError(f"classifier.spec_file: {str(exc).splitlines()[0]}") from None
+        return None
+
+    def decoding_section(self) -> DecodingSection:
+        return from_dict(DecodingSection, self.decoding or {}, "classifier.decoding")
+
+    def generation_settings(self) -> dict[str, Any]:
+        """What generating and evaluating use beyond the saved model: decoding, post-processing,
+        retry, metrics (``train`` saves them beside the model for ``eval`` and ``generate``)."""
+        return {
+            "decoding": self.decoding_section().options(),
+            "postprocess": self.postprocess,
+            "retry_invalid": self.retry_invalid,
+            "metrics": list(self.metrics) if self.metrics is not None else list(DEFAULT_GENERATION_METRICS),
+        }
+
     def _check_label_words(self) -> None:
         words = self.label_words
         if isinstance(words, list):  # class order comes with the data; check the shape only
@@ -317,8 +466,11 @@ KIND_OPTIONS: dict[str, tuple[str, ...]] = {
     "relation": ("variant", "negative_class"),
     "subprompts": ("subprompts", "rules"),
     "span_ner": ("none_word", "max_span_words", "threshold"),
+    "generation": ("spec", "spec_file", "max_new_tokens", "decoding", "postprocess", "metrics"),
 }
 ENTITY_KINDS = ("tagger", "relation", "subprompts", "span_ner")
+SPECIAL_KINDS = (*ENTITY_KINDS, "generation")  # kinds whose options are refused on every other kind
+DEFAULT_GENERATION_METRICS = ("exact_match", "token_f1")
 
 
 @dataclass
@@ -350,9 +502,16 @@ class RunConfig:
                 raise ConfigError(
                     f"classifier.label_words name classes {list(classes)} but data.labels are {self.data.labels}"
                 )
+        generation = self.classifier.kind == "generation"
+        for key, default in (("entity_records", False), ("target_column", "target")):
+            if getattr(self.data, key) != default and not generation:
+                raise ConfigError(f"data.{key} applies to classifier kind: generation, not to kind: "
+                                  f"{self.classifier.kind}")
+        if generation and self.data.labels is not None:
+            raise ConfigError("data.labels: a generation model writes text and has no classes; remove data.labels")
         if (
             self.methods == []
-            and self.classifier.kind == "prompt"
+            and self.classifier.kind in ("prompt", "generation")
             and self.classifier.template is not None
             and not Template(self.classifier.template).has_soft_tokens
         ):
@@ -451,7 +610,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(classifier, dict):
         words = classifier.get("label_words")
         if isinstance(words, str) and words.endswith(LABEL_WORD_FILES) and (base / words).is_file():
-            raw["classifier"] = {**classifier, "label_words": str(base / words)}
+            raw["classifier"] = classifier = {**classifier, "label_words": str(base / words)}
+        spec_file = classifier.get("spec_file")
+        if isinstance(spec_file, str) and spec_file and not Path(spec_file).expanduser().is_absolute():
+            raw["classifier"] = {**classifier, "spec_file": str(base / Path(spec_file).expanduser())}
     return raw
 
 
@@ -615,6 +777,8 @@ def load_run_data(config: RunConfig) -> RunData:
         train = load_examples(typing.cast(str, data.train), *columns)
         dev = load_examples(data.dev, *columns) if data.dev else None
         test = load_examples(data.test, *columns) if data.test else None
+    if config.classifier.kind == "generation":
+        return _generation_run_data(config, train, dev, test, classes)
     if train and all("tokens" in e.meta for e in train):
         if not data.entity_typing:
             return _tagged_run_data(config, train, dev, test, classes)
@@ -670,10 +834,17 @@ def _tagged_run_data(config: RunConfig, train: list[Example], dev: list[Example]
         raise ValueError(f"data: tags {unknown} are not among the labels {list(tags)}")
     if any("tags" not in e.meta for e in [*train, *(dev or [])]):
         raise ValueError("data: every training and dev sentence needs its tags")
+    return RunData(*_draw(data, train, dev, test, "sentences"), tags)
+
+
+def _draw(data: DataSection, train: list[Example], dev: list[Example] | None, test: list[Example] | None,
+          what: str) -> tuple[list[Example], list[Example] | None, list[Example] | None]:
+    """``shots`` examples (not per class) drawn from train with the seed, ``dev_per_class``
+    (default: as many) more as dev; then the limits."""
     if data.shots is not None:
         wanted = data.shots + (data.shots if data.dev_per_class is None else data.dev_per_class)
         if len(train) < wanted:
-            raise ValueError(f"data: {wanted} sentences were asked for (shots and dev), the train split has {len(train)}")
+            raise ValueError(f"data: {wanted} {what} were asked for (shots and dev), the train split has {len(train)}")
         drawn = list(train)
         random.Random(data.seed).shuffle(drawn)
         train, sampled_dev = drawn[: data.shots], drawn[data.shots : wanted]
@@ -681,7 +852,50 @@ def _tagged_run_data(config: RunConfig, train: list[Example], dev: list[Example]
     train = train[: data.train_limit] if data.train_limit else train
     dev = dev[: data.dev_limit] if dev is not None and data.dev_limit else dev
     test = test[: data.test_limit] if test is not None and data.test_limit else test
-    return RunData(train, dev or None, test or None, tags)
+    return train, dev or None, test or None
+
+
+def read_targets(examples: Sequence[Example], column: str = "target") -> list[Example]:
+    """Examples whose output sits in ``column`` (a meta key after loading) with it moved to
+    ``meta["target"]``, where ``deltaprompt.generation.target_of`` reads it."""
+    if column == "target":
+        return list(examples)
+    out = []
+    for example in examples:
+        if column in example.meta:
+            meta = {k: v for k, v in example.meta.items() if k != column}
+            example = Example(example.text, example.text_b, example.label, {**meta, "target": example.meta[column]})
+        out.append(example)
+    return out
+
+
+def _generation_run_data(config: RunConfig, train: list[Example], dev: list[Example] | None,
+                         test: list[Example] | None, tags: tuple[str, ...] | None) -> RunData:
+    """Input -> output pairs: the target column, or tagged sentences as entity records."""
+    from .entity_records import entity_record_examples, record_types
+    from .generation import target_of
+
+    data = config.data
+    tagged = bool(train) and all("tokens" in e.meta for e in train)
+    if data.entity_records:
+        if not tagged:
+            raise ValueError("data.entity_records reads tagged sentences (words and BIO tags); this data has none")
+        types = record_types(tags or (t for e in train for t in e.meta.get("tags", ())))
+        train, dev, test = (entity_record_examples(x, types) if x else x for x in (train, dev, test))
+    elif tagged:
+        raise ValueError("data: tagged sentences (words and BIO tags) have no output text; set "
+                         "data.entity_records: true to generate a JSON record of their entities")
+    else:
+        train, dev, test = (read_targets(x, data.target_column) if x else x for x in (train, dev, test))
+    for split, examples in (("training", train), ("dev", dev)):
+        missing = [i for i, e in enumerate(examples or ()) if target_of(e) is None]
+        if missing:
+            raise ValueError(f"data: every {split} example needs its output (column {data.target_column!r}); "
+                             f"example {missing[0] + 1} has none")
+    train, dev, test = _draw(data, train, dev, test, "examples")
+    if not train:
+        raise ValueError("data: no training examples")
+    return RunData(train, dev, test, ())
 
 
 # ----------------------------------------------------------------------------- building
@@ -707,6 +921,14 @@ def build_classifier(config: RunConfig, plm: PLM, classes: Sequence[str]) -> Cla
     c = config.classifier
     if c.kind in ENTITY_KINDS:
         return _entity_classifier(config, plm, classes)
+    if c.kind == "generation":
+        from .generation import PromptForGeneration
+
+        return PromptForGeneration(
+            plm, c.prompt_spec() or typing.cast(str, c.template), methods=config.method_specs(),
+            max_length=c.max_length, max_new_tokens=c.max_new_tokens or 64, seed=config.training.seed,
+            batch_size=c.batch_size, chat=c.chat, truncation=c.truncation,
+        )
     if c.kind == "prompt":
         return PromptClassifier(
             plm, typing.cast(str, c.template), c.label_words, classes=classes,
@@ -762,6 +984,7 @@ __all__ = [
     "ConfigError",
     "check_methods",
     "DataSection",
+    "DecodingSection",
     "ModelSection",
     "RunConfig",
     "RunData",
@@ -770,5 +993,6 @@ __all__ = [
     "load_config",
     "load_run_data",
     "parse_key",
+    "read_targets",
     "read_yaml",
 ]
