@@ -539,24 +539,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def parse_method_option(text: str) -> str | dict[str, Any]:
     """``lora``, ``lora:r=16,alpha=32`` or a YAML mapping ``{method: lora, r: 16}``."""
-    from .config import read_yaml
+    from .config import parse_flag_entry
 
-    text = text.strip()
-    if text.startswith("{"):
-        value = read_yaml(text, f"--method {text}")
-        if not isinstance(value, dict):
-            raise ValueError(f"--method {text}: expected a mapping")
-        return value
-    name, colon, options = text.partition(":")
-    if not colon:
-        return name.strip()
-    spec: dict[str, Any] = {"method": name.strip()}
-    for item in filter(None, (o.strip() for o in options.split(","))):
-        key, equals, value = item.partition("=")
-        if not equals or not key.strip():
-            raise ValueError(f"--method {text}: write name:key=value,key=value (e.g. lora:r=16)")
-        spec[key.strip()] = read_yaml(value, f"--method {text}")
-    return spec
+    entry = parse_flag_entry(text, "--method", "lora:r=16")
+    if isinstance(entry, tuple):
+        name, options = entry
+        return {"method": name, **options}
+    return entry
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -622,6 +622,27 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
 _STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 
 
+def parse_flag_entry(text: str, flag: str, example: str) -> str | tuple[str, dict[str, Any]] | dict[str, Any]:
+    """A named entry given on the command line: ``name``, ``name:key=value,key=value`` (values
+    read as YAML scalars) as a (name, options) pair, or a YAML mapping ``{...}`` as it is."""
+    text = text.strip()
+    if text.startswith("{"):
+        value = read_yaml(text, f"{flag} {text}")
+        if not isinstance(value, dict):
+            raise ValueError(f"{flag} {text}: expected a mapping")
+        return value
+    name, colon, options = text.partition(":")
+    if not colon:
+        return name.strip()
+    parsed: dict[str, Any] = {}
+    for item in filter(None, (o.strip() for o in options.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"{flag} {text}: write name:key=value,key=value (e.g. {example})")
+        parsed[key.strip()] = read_yaml(value, f"{flag} {text}")
+    return name.strip(), parsed
+
+
 def split_override(text: str) -> tuple[str, str]:
     key, equals, value = text.partition("=")
     if not equals or not key.strip():

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .config import DEFAULT_GENERATION_METRICS, DecodingSection, read_targets, read_yaml
+from .config import (
+    DEFAULT_GENERATION_METRICS,
+    DecodingSection,
+    parse_flag_entry,
+    read_targets,
+    read_yaml,
+)
 from .data import Example
 from .files import atomic_write
 from .schema import ConfigError
@@ -122,22 +128,11 @@ class Settings:
 
 def parse_step(text: str) -> str | dict[str, Any]:
     """``strip``, ``truncate:max_words=20,ellipsis=true`` or a YAML mapping ``{json: {...}}``."""
-    text = text.strip()
-    if text.startswith("{"):
-        value = read_yaml(text, f"--postprocess {text}")
-        if not isinstance(value, dict):
-            raise ValueError(f"--postprocess {text}: expected a mapping such as {{truncate: {{max_words: 20}}}}")
-        return value
-    name, colon, options = text.partition(":")
-    if not colon:
-        return name.strip()
-    parsed: dict[str, Any] = {}
-    for item in filter(None, (o.strip() for o in options.split(","))):
-        key, equals, value = item.partition("=")
-        if not equals or not key.strip():
-            raise ValueError(f"--postprocess {text}: write name:key=value,key=value (e.g. truncate:max_words=20)")
-        parsed[key.strip()] = read_yaml(value, f"--postprocess {text}")
-    return {name.strip(): parsed}
+    entry = parse_flag_entry(text, "--postprocess", "truncate:max_words=20")
+    if isinstance(entry, tuple):
+        name, options = entry
+        return {name: options}
+    return entry
 
 
 def read_step_file(path: str) -> list[Any]:
