@@ -26,6 +26,15 @@ from .tagging import Tagger, TaggingEvaluation
 from .template import Template, TemplateError, register_post_processor
 from .tokenization import PromptTokenizer
 from .trainer import TrainConfig, Trainer
+from .transfer import (
+    SourcePrompt,
+    compare_initialisations,
+    init_from,
+    load_soft_prompt,
+    most_similar_source,
+    prompt_pretrain_mlm,
+    save_soft_prompt,
+)
 from .verbalizer import KnowledgeableVerbalizer, PrototypeVerbalizer, SoftVerbalizer, Verbalizer
 
 __version__ = "0.1.0"
@@ -58,24 +67,31 @@ __all__ = [
     "Template",
     "TemplateError",
     "SoftVerbalizer",
+    "SourcePrompt",
     "TemplateSearch",
     "TrainConfig",
     "Turn",
     "Trainer",
     "Verbalizer",
+    "compare_initialisations",
     "count_parameters",
     "ensemble_soft_labels",
     "entity_typing_examples",
     "few_shot_split",
     "from_hf_dataset",
+    "init_from",
     "generation_example",
     "load",
     "load_examples",
+    "load_soft_prompt",
+    "most_similar_source",
     "load_plm",
     "load_task",
+    "prompt_pretrain_mlm",
     "register_post_processor",
     "sample_per_class",
     "search_label_words",
+    "save_soft_prompt",
     "search_templates",
     "structure",
     "tagged_example",
