@@ -327,7 +327,9 @@ class Trainer:
                         log.write(step, {"epoch": state["epoch"], "train_loss": _mean_loss(state),
                                          "lr": scheduler.get_last_lr()[0]})
                         bar.set_postfix(self._postfix(state, metric))
-                        state["loss_sum"], state["loss_count"] = 0.0, 0  # the next row averages anew
+                        # The next row averages anew; until it has a batch, the last row's mean stands.
+                        state["last_loss"] = _mean_loss(state)
+                        state["loss_sum"], state["loss_count"] = 0.0, 0
                     epoch_done = state["batches"] >= len(loader)
                     if epoch_done:
                         break
@@ -512,7 +514,10 @@ def _load_trainable(model: TaskModel, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _mean_loss(state: dict[str, Any]) -> float:
-    return state["loss_sum"] / max(state["loss_count"], 1)
+    """Mean training loss since the last log row (that row's mean when no batch came since)."""
+    if state["loss_count"] == 0:
+        return state.get("last_loss", 0.0)
+    return state["loss_sum"] / state["loss_count"]
 
 
 class _Log:
