@@ -13,6 +13,15 @@ from .generation import PromptForGeneration, generation_example
 from .icl import ICLClassifier
 from .metrics import Evaluation
 from .model import PromptModel
+from .multitask import (
+    MixtureTask,
+    MultitaskModel,
+    TaskMixture,
+    leave_one_out,
+    load_delta,
+    save_delta,
+    train_mixture,
+)
 from .pet import PET, PVP, MaskedLMAuxiliary, ensemble_soft_labels
 from .plm import PLM, load_plm
 from .prompt_spec import Constraints, Exemplar, OutputFormat, PromptSpec, Turn
@@ -49,6 +58,8 @@ __all__ = [
     "KnowledgeableVerbalizer",
     "LabelWordSearch",
     "MaskedLMAuxiliary",
+    "MixtureTask",
+    "MultitaskModel",
     "OutputFormat",
     "PET",
     "PVP",
@@ -64,6 +75,7 @@ __all__ = [
     "SubPromptClassifier",
     "Tagger",
     "TaggingEvaluation",
+    "TaskMixture",
     "Template",
     "TemplateError",
     "SoftVerbalizer",
@@ -80,8 +92,10 @@ __all__ = [
     "few_shot_split",
     "from_hf_dataset",
     "init_from",
+    "leave_one_out",
     "generation_example",
     "load",
+    "load_delta",
     "load_examples",
     "load_soft_prompt",
     "most_similar_source",
@@ -91,8 +105,10 @@ __all__ = [
     "register_post_processor",
     "sample_per_class",
     "search_label_words",
+    "save_delta",
     "save_soft_prompt",
     "search_templates",
     "structure",
     "tagged_example",
+    "train_mixture",
 ]

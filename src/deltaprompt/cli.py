@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .generation_cli import add_generate_command
 
     add_generate_command(commands)
+    from .multitask_cli import add_multitask_command
+
+    add_multitask_command(commands)
     from .transfer_cli import add_transfer_command
 
     add_transfer_command(commands)
