@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .transfer_cli import add_transfer_command
 
     add_transfer_command(commands)
+    from .search_delta_cli import add_search_delta_command
+
+    add_search_delta_command(commands)
     return parser
 
 
