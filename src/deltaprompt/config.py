@@ -570,7 +570,7 @@ def load_config(
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: the config must be a mapping of sections, got {type(raw).__name__}")
-        raw = _resolve_paths(raw, base)
+        raw = resolve_paths(raw, base)
     for override in overrides:
         key, value = split_override(override)
         raw = apply_override(raw, key, value)
@@ -588,7 +588,9 @@ def build_config(raw: dict[str, Any], where: str = "config") -> RunConfig:
         raise relocated(exc, "config", where) from None
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A raw run config with its relative paths (data files, task and model folders, label-word
+    and spec files) made relative to ``base``, the config file's folder."""
     raw = dict(raw)
     data = raw.get("data")
     if isinstance(data, dict):

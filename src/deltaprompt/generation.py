@@ -780,14 +780,7 @@ class PromptForGeneration(Classifier):
         predictions = self.generate(examples, postprocess=postprocess, **options)
         if postprocess is None:
             return generation_scores(predictions, references, metrics)
-        error_class = _post_process_error()
-        invalid = [isinstance(p, error_class) for p in predictions]
-        values = ["" if bad else _canonical(p) for p, bad in zip(predictions, invalid, strict=True)]
-        refs = [_canonical(_json_reference(r)) if isinstance(p, dict | list) else r  # type: ignore[arg-type]
-                for p, r in zip(predictions, references, strict=True)]
-        scores = generation_scores(values, refs, metrics)
-        scores["invalid"] = sum(invalid) / max(len(invalid), 1)
-        return scores
+        return score_values(predictions, references, metrics)  # type: ignore[arg-type]
 
     def predict_log_proba(self, examples: Iterable[Example | str]) -> Any:
         raise TypeError("a generation model has no classes to score; use generate() or evaluate()")
@@ -917,6 +910,22 @@ def _apply(pipeline: Callable[[str], Any], text: str) -> Any:
         return pipeline(text)
     except _post_process_error() as error:
         return error
+
+
+def score_values(values: Sequence[Any], references: Sequence[str], metrics: Sequence[str]) -> dict[str, Any]:
+    """Generation metrics of post-processed values: JSON values compared as compact text with
+    sorted keys (references holding JSON likewise), rejected outputs (``PostProcessError``) scored
+    as empty answers, and ``invalid`` their share."""
+    from .generation_metrics import generation_scores
+
+    error_class = _post_process_error()
+    invalid = [isinstance(v, error_class) for v in values]
+    predictions = ["" if bad else _canonical(v) for v, bad in zip(values, invalid, strict=True)]
+    refs = [_canonical(_json_reference(r)) if isinstance(v, dict | list) else r
+            for v, r in zip(values, references, strict=True)]
+    scores = generation_scores(predictions, refs, metrics)
+    scores["invalid"] = sum(invalid) / max(len(invalid), 1)
+    return scores
 
 
 def _json_reference(reference: str) -> Any:

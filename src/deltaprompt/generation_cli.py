@@ -225,20 +225,12 @@ def score_outputs(generated: Generated, references: Sequence[str], metrics: Sequ
     """Generation metrics as ``PromptForGeneration.evaluate`` computes them: post-processed
     JSON compared as compact text with sorted keys (references holding JSON likewise), rejected
     outputs scored as empty answers, ``invalid`` their share."""
-    from .generation import _canonical, _json_reference
+    from .generation import score_values
     from .generation_metrics import generation_scores
-    from .postprocess import PostProcessError
 
     if generated.values is None:
         return generation_scores(generated.texts, references, metrics)
-    values = generated.values
-    invalid = [isinstance(v, PostProcessError) for v in values]
-    predictions = ["" if bad else _canonical(v) for v, bad in zip(values, invalid, strict=True)]
-    refs = [_canonical(_json_reference(r)) if isinstance(v, dict | list) else r
-            for v, r in zip(values, references, strict=True)]
-    scores = generation_scores(predictions, refs, metrics)
-    scores["invalid"] = sum(invalid) / max(len(invalid), 1)
-    return scores
+    return score_values(generated.values, references, metrics)
 
 
 def prediction_rows(examples: Sequence[Example], generated: Generated) -> list[dict[str, Any]]:

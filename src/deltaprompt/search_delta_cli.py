@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, _resolve_paths, load_config, read_yaml
+from .config import RunConfig, load_config, read_yaml, resolve_paths
 from .schema import ConfigError, from_dict
 
 DESCRIPTION = (
@@ -56,7 +56,7 @@ def load_search_config(path: str | Path, overrides: list[str] | tuple[str, ...] 
     raw = dict(raw)
     search = raw.pop("search", None) or {}
     section = from_dict(SearchSection, search, f"{path}: search")
-    return load_config(_resolve_paths(raw, path.resolve().parent), overrides), section
+    return load_config(resolve_paths(raw, path.resolve().parent), overrides), section
 
 
 def run_search_delta(args: argparse.Namespace) -> int:
