@@ -16,6 +16,7 @@ from deltaprompt.config import (
     parse_key,
 )
 from deltaprompt.schema import ConfigError
+from deltaprompt.search_delta_cli import load_search_config
 
 from .test_data import write_task
 
@@ -321,5 +322,6 @@ def test_the_example_configs_are_valid(tmp_path):
             pytest.importorskip("deltaprompt.delta.lora")
         copy = tmp_path / example.name
         shutil.copy(example, copy)
-        config = load_config(copy)
+        # A search config is a run config with a `search` section (deltaprompt search-delta).
+        config = load_search_config(copy)[0] if "\nsearch:" in text else load_config(copy)
         assert config.output_dir
