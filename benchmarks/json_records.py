@@ -13,7 +13,7 @@ Three ways to get there with one model (default SmolLM2-135M-Instruct):
 Every output goes through the ``json`` post-processing step with that schema. Metrics on
 ``--test`` sentences (a fixed random sample, seed 0): ``exact_match``: the whole record right
 (JSON with sorted keys; entities in sentence order, as the gold records list them);
-``token_f1``: SQuAD token F1 of the record as compact JSON text (field names count as tokens;
+``token_f1``: SQuAD token F1 of the record as JSON text with sorted keys (field names count as tokens;
 rejected outputs score as empty, as ``deltaprompt eval`` does); ``valid_json``: share of outputs
 holding a JSON object; ``schema_valid``: share matching the schema; ``entity_f1``: micro F1 of
 (field, entity) pairs over the sentences (rejected outputs predict none), and per field.

@@ -361,6 +361,11 @@ def test_evaluate_scores_post_processed_values(gpt2, monkeypatch):
     assert scores["exact_match"] == pytest.approx(2 / 3) and scores["invalid"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="evaluation needs outputs"):
         gen.evaluate([Example("no output")])
+    # A record half right earns partial token F1: keys and values are words, not one JSON token.
+    monkeypatch.setattr(gen, "generate", lambda examples, **options: [{"persons": ["Ada"], "places": ["Rome"]}])
+    partial = gen.evaluate([generation_example("x", '{"persons": ["Ada"], "places": ["Paris"]}')],
+                           postprocess=["json"])
+    assert partial["exact_match"] == 0 and partial["token_f1"] == pytest.approx(0.75)
 
 
 # ----------------------------------------------------------------------------- templates and specs

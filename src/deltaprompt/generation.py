@@ -767,7 +767,7 @@ class PromptForGeneration(Classifier):
         """Generate for examples with outputs and score the answers against them with
         ``deltaprompt.generation_metrics`` (``metrics``: exact_match, token_f1, bleu, rouge).
         ``options`` go to ``generate`` (decoding settings, ``retry_invalid``). With
-        ``postprocess``, values are scored (JSON as compact text with sorted keys, references
+        ``postprocess``, values are scored (JSON as text with sorted keys and fixed spacing, references
         that hold JSON likewise) and ``invalid`` is the share of outputs it rejected (scored as
         empty answers)."""
         from .generation_metrics import generation_scores
@@ -913,7 +913,7 @@ def _apply(pipeline: Callable[[str], Any], text: str) -> Any:
 
 
 def score_values(values: Sequence[Any], references: Sequence[str], metrics: Sequence[str]) -> dict[str, Any]:
-    """Generation metrics of post-processed values: JSON values compared as compact text with
+    """Generation metrics of post-processed values: JSON values compared as text with fixed spacing and
     sorted keys (references holding JSON likewise), rejected outputs (``PostProcessError``) scored
     as empty answers, and ``invalid`` their share."""
     from .generation_metrics import generation_scores
@@ -937,9 +937,11 @@ def _json_reference(reference: str) -> Any:
 
 
 def _canonical(value: Any) -> Any:
-    """Parsed JSON as compact text with sorted keys (so key order and spacing do not count)."""
+    """Parsed JSON as text with sorted keys and one space after each separator, so key order and
+    spacing do not count, and token F1 sees its keys and values as words (compact JSON would be
+    one token once punctuation is stripped)."""
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(", ", ": "))
     return value
 
 

@@ -223,7 +223,7 @@ def generate_outputs(gen: Any, examples: Sequence[Example], settings: Settings) 
 
 def score_outputs(generated: Generated, references: Sequence[str], metrics: Sequence[str]) -> dict[str, Any]:
     """Generation metrics as ``PromptForGeneration.evaluate`` computes them: post-processed
-    JSON compared as compact text with sorted keys (references holding JSON likewise), rejected
+    JSON compared as text with sorted keys and fixed spacing (references holding JSON likewise), rejected
     outputs scored as empty answers, ``invalid`` their share."""
     from .generation import score_values
     from .generation_metrics import generation_scores
