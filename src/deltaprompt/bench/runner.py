@@ -164,6 +164,10 @@ def expand(
         if unknown:
             raise ConfigError(f"{flag}: {', '.join(map(repr, unknown))} not in suite {suite.name}; "
                               f"it has {', '.join(known)}")
+    unknown_seeds = [s for s in only_seeds or () if s not in suite.seeds]
+    if unknown_seeds:
+        raise ConfigError(f"--only-seeds: {', '.join(map(str, unknown_seeds))} not in suite {suite.name}; "
+                          f"it has {', '.join(map(str, suite.seeds))}")
     device_type = resolve_device(device or suite.device).split(":")[0]
     model = dataclasses.asdict(suite.model) if isinstance(suite.model, ModelConfig) else suite.model
     runs = []
