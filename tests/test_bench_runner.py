@@ -310,6 +310,29 @@ def test_a_second_invocation_runs_nothing_and_a_changed_option_reruns_only_its_m
     assert {p.name: p.read_bytes() for p in (out / "runs").glob("*.json") if p.name in before} == before
 
 
+def test_a_run_another_process_finished_meanwhile_is_not_run_again(monkeypatch, tmp_path, model_dir, data_dir):
+    suite = suite_dict(model_dir, data_dir, tasks={"senti": suite_dict(model_dir, data_dir)["tasks"]["senti"]},
+                       methods={"zero_shot": {"kind": "zero_shot"}, "calibrated": {"kind": "zero_shot", "calibrate": True}})
+    out = tmp_path / "results"
+    runner = SuiteRunner(load_suite(suite), out, progress=False, log=lambda m: None)
+    first, second = runner.runs
+    real = runner_module.execute_run
+    ran = []
+
+    def meanwhile(run, context):  # while the first run goes, a second process records the other
+        ran.append(run.id)
+        record = real(run, context)
+        if run.id == first.id:
+            other = real(second, context)
+            (out / "runs").mkdir(parents=True, exist_ok=True)
+            runner.record_path(second).write_text(json.dumps(other))
+        return record
+
+    monkeypatch.setattr(runner_module, "execute_run", meanwhile)
+    result = runner.run()
+    assert ran == [first.id] and result.executed == [first.id] and second.id in result.cached
+
+
 def test_a_killed_suite_resumes_without_redoing_finished_runs(monkeypatch, tmp_path, model_dir, data_dir):
     suite = suite_dict(model_dir, data_dir, tasks={"senti": suite_dict(model_dir, data_dir)["tasks"]["senti"]},
                        methods={"zero_shot": {"kind": "zero_shot"},

@@ -760,9 +760,11 @@ class SuiteRunner:
         for run in self.runs:
             record = read_record(self.record_path(run))
             status = None if record is None else record.get("status")
-            will_run = status not in FINISHED and not (status == FAILED and not self.retry_failed)
-            planned.append(PlannedRun(run, status, will_run))
+            planned.append(PlannedRun(run, status, self._will_run(status)))
         return planned
+
+    def _will_run(self, status: str | None) -> bool:
+        return status not in FINISHED and not (status == FAILED and not self.retry_failed)
 
     def describe_plan(self) -> str:
         """The runs as a table: which are cached, which would run (``bench --dry-run``)."""
@@ -824,6 +826,11 @@ class SuiteRunner:
         try:
             for run in todo:
                 bar.set_postfix_str(run.label)
+                done = read_record(self.record_path(run))  # another process on the same folder may have run it
+                if done is not None and not self._will_run(done.get("status")):
+                    result.cached.append(run.id)
+                    bar.update()
+                    continue
                 record = execute_run(run, context)
                 with atomic_write(self.record_path(run)) as handle:
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
