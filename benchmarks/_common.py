@@ -251,6 +251,26 @@ def write_results(out_dir: Path, name: str, payload: dict[str, Any], markdown: s
     return json_path, md_path
 
 
+def run_pending(keys: Sequence[str], payload: dict[str, Any], run: Callable[[str], dict[str, Any]], out_dir: Path,
+                name: str, markdown: Callable[[dict[str, Any]], str], merge_file: bool = False) -> None:
+    """Run each key not yet in ``payload["runs"]`` (timed into its ``seconds``) and write the
+    results after every run, so a killed benchmark loses at most the run in progress.
+    ``merge_file``: first take in runs another process wrote to the same file meanwhile."""
+    for key in keys:
+        if key in payload["runs"]:
+            continue
+        log(f"{key} ...")
+        started = time.perf_counter()
+        result = run(key)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        path = out_dir / f"{name}.json"
+        written = json.loads(path.read_text(encoding="utf-8")).get("runs", {}) if merge_file and path.is_file() else {}
+        payload["runs"] = {**written, **payload["runs"], key: result}
+        payload["machine"]["loadavg_at_end"] = load_average()
+        write_results(out_dir, name, payload, markdown(payload))
+        log(f"{key}: {json.dumps({k: v for k, v in result.items() if isinstance(v, int | float)})}")
+
+
 def publish(out_dir: Path, name: str, payload: dict[str, Any], markdown: str) -> int:
     """Write a benchmark's results, print its table and where it went; the script's exit code."""
     json_path, md_path = write_results(out_dir, name, payload, markdown)

@@ -31,7 +31,6 @@ import argparse
 import json
 import random
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -282,17 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         k: getattr(args, k) for k in ("k", "few_sentences", "large", "few_epochs", "ner_few_epochs", "large_epochs", "batch_size",
                                       "test_limit", "span_test_limit", "seed")})
     data = load_data(args)
-    for key in keys:
-        if key in payload["runs"]:
-            continue
-        common.log(f"{key} ...")
-        started = time.perf_counter()
-        result = run_one(key, args, data)
-        result["seconds"] = round(time.perf_counter() - started, 1)
-        payload["runs"] = {**load_results(path).get("runs", {}), **payload["runs"], key: result}
-        payload["machine"]["loadavg_at_end"] = common.load_average()
-        common.write_results(args.out_dir, args.name, payload, markdown(payload))
-        common.log(f"{key}: {json.dumps({k: v for k, v in result.items() if isinstance(v, int | float)})}")
+    common.run_pending(keys, payload, lambda key: run_one(key, args, data), args.out_dir, args.name, markdown,
+                       merge_file=True)  # two processes may fill one results file
     return common.publish(args.out_dir, args.name, payload, markdown(payload)) if payload["runs"] else 0
 
 

@@ -242,17 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     payload["zero_shot_spec"] = zero_shot_spec(data["schema"]).to_dict()
     common.log(f"data: {len(data['train'])} train and {len(data['test'])} test sentences; fields "
                f"{list(data['schema']['properties'])}")
-    for key in args.runs:
-        if key in payload["runs"]:
-            continue
-        common.log(f"{key} ...")
-        started = time.perf_counter()
-        result = run_one(key, args, data)
-        result["seconds"] = round(time.perf_counter() - started, 1)
-        payload["runs"] = {**payload["runs"], key: result}
-        payload["machine"]["loadavg_at_end"] = common.load_average()
-        common.write_results(args.out_dir, args.name, payload, markdown(payload))
-        common.log(f"{key}: {json.dumps({k: v for k, v in result.items() if isinstance(v, int | float)})}")
+    common.run_pending(args.runs, payload, lambda key: run_one(key, args, data), args.out_dir, args.name, markdown)
     return common.publish(args.out_dir, args.name, payload, markdown(payload)) if payload["runs"] else 0
 
 

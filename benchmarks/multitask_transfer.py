@@ -384,21 +384,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload.setdefault("runs", {})
     payload.update(name=args.name, machine=common.machine_info(), settings=settings,
                    prompts={t: {"template": PROMPTS[t].template, "label_words": PROMPTS[t].label_words} for t in TASKS})
-    for key in runs:
-        if key in payload["runs"]:
-            continue
-        common.log(f"{key} ...")
-        started = time.perf_counter()
+
+    def run(key: str) -> dict[str, Any]:
         if key.startswith("loo_"):
-            result = run_loo(key.removeprefix("loo_"), args, data, work)
-        elif key.startswith("transfer_"):
-            result = run_transfer(key.removeprefix(f"transfer_{SOURCE}_"), args, data, work)
-        else:
-            result = run_search(args, data, work)
-        result["seconds"] = round(time.perf_counter() - started, 1)
-        payload["runs"] = {**payload["runs"], key: result}
-        payload["machine"]["loadavg_at_end"] = common.load_average()
-        common.write_results(args.out_dir, args.name, payload, markdown(payload))
+            return run_loo(key.removeprefix("loo_"), args, data, work)
+        if key.startswith("transfer_"):
+            return run_transfer(key.removeprefix(f"transfer_{SOURCE}_"), args, data, work)
+        return run_search(args, data, work)
+
+    common.run_pending(runs, payload, run, args.out_dir, args.name, markdown)
     return common.publish(args.out_dir, args.name, payload, markdown(payload)) if payload["runs"] else 0
 
 
