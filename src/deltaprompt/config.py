@@ -551,6 +551,19 @@ def check_methods(specs: Sequence[Any]) -> None:
 PATH_KEYS = {"data": ("train", "dev", "test", "data_dir")}
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's top-level mapping (empty for an empty file), or an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such config file: {path}")
+    raw = read_yaml(path.read_text(encoding="utf-8"), str(path))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
 def load_config(
     source: str | Path | dict[str, Any],
     overrides: Iterable[str] = (),
@@ -559,18 +572,10 @@ def load_config(
     overrides. Relative paths in the file are relative to the file's folder; paths given in
     overrides are relative to the working directory."""
     if isinstance(source, dict):
-        raw, where, base = source, "config", None
+        raw, where = source, "config"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such config file: {path}")
-        raw = read_yaml(path.read_text(encoding="utf-8"), str(path))
-        where, base = str(path), path.resolve().parent
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: the config must be a mapping of sections, got {type(raw).__name__}")
-        raw = resolve_paths(raw, base)
+        raw, where = read_config_file(source), str(source)
+        raw = resolve_paths(raw, Path(source).resolve().parent)
     for override in overrides:
         key, value = split_override(override)
         raw = apply_override(raw, key, value)

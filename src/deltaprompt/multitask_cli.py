@@ -33,7 +33,7 @@ from .config import (
     ModelSection,
     check_methods,
     load_base_model,
-    read_yaml,
+    read_config_file,
 )
 from .data import load_task, sample_per_class
 from .multitask import (
@@ -147,12 +147,7 @@ def load_multitask_config(path: str | Path, leave_out: str | None = None) -> Mul
     """Read and check a multi-task config; ``leave_out`` overrides the file's. Relative task
     folders, model folders and label-word files are read from the file's folder."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such config file: {path}")
-    raw = read_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(raw).__name__}")
-    raw = _resolve_paths(raw, path.resolve().parent)
+    raw = _resolve_paths(read_config_file(path), path.resolve().parent)
     if leave_out is not None:
         raw["leave_out"] = leave_out
     sections = ("model", "mixing", "training")

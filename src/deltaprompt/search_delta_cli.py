@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, load_config, read_yaml, resolve_paths
-from .schema import ConfigError, from_dict
+from .config import RunConfig, load_config, read_config_file, resolve_paths
+from .schema import from_dict
 
 DESCRIPTION = (
     "Search delta structures (which methods, where, how big) under a trainable-parameter budget with Optuna. "
@@ -48,12 +48,7 @@ def load_search_config(path: str | Path, overrides: list[str] | tuple[str, ...] 
     from .search.delta_structure import SearchSection
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such config file: {path}")
-    raw = read_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(raw).__name__}")
-    raw = dict(raw)
+    raw = dict(read_config_file(path))
     search = raw.pop("search", None) or {}
     section = from_dict(SearchSection, search, f"{path}: search")
     return load_config(resolve_paths(raw, path.resolve().parent), overrides), section
