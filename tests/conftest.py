@@ -68,6 +68,18 @@ def _byte_level_bpe():
     return bpe.get_vocab(), merges
 
 
+def import_benchmark(name: str):
+    """A script of ``benchmarks/`` as a module (they import their ``_common`` as a sibling)."""
+    import importlib
+    import sys
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)
+
 @pytest.fixture(scope="session")
 def roberta_tokenizer():
     vocab, merges = _byte_level_bpe()

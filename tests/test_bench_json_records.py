@@ -3,7 +3,6 @@ builds, its metrics on outputs with known answers, and its runs with the results
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from deltaprompt.generation import target_of
 
+from .conftest import import_benchmark
 from .test_cli_generation import TAGS, write_rows
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SENTENCES = [
     {"tokens": ["Ada", "Lovelace", "visited", "Paris"], "tags": ["B-PER", "I-PER", "O", "B-LOC"]},
     {"tokens": ["ACME", "rejects", "French", "offer"], "tags": ["B-ORG", "O", "B-MISC", "O"]},
@@ -27,12 +26,7 @@ METRIC_KEYS = {"exact_match", "token_f1", "valid_json", "schema_valid", "entity_
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import json_records
-    finally:
-        sys.path.pop(0)
-    return json_records
+    return import_benchmark("json_records")
 
 
 @pytest.fixture

@@ -2,14 +2,14 @@
 run (leave one out, prompt transfer, structure search) writes its row, and --resume keeps them."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from deltaprompt import PromptClassifier, load_plm
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from .conftest import import_benchmark
+
 WORDS = {
     "sst2": ("the movie was great and wonderful", "a terrible boring film with a dull plot"),
     "mr": ("wonderful acting it was great", "dull and boring plot"),
@@ -19,12 +19,7 @@ TOPICS = {"World": "world news", "Sports": "sports news", "Business": "business 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import multitask_transfer
-    finally:
-        sys.path.pop(0)
-    return multitask_transfer
+    return import_benchmark("multitask_transfer")
 
 
 def write_task(folder: Path, labels: list[str], texts: dict[str, str], train: int = 6, test: int = 2) -> None:

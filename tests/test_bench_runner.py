@@ -24,6 +24,8 @@ from deltaprompt.bench.suite import load_suite, preset_names
 from deltaprompt.cli import main
 from deltaprompt.schema import ConfigError
 
+from .conftest import import_benchmark
+
 POSITIVE = ["the movie was great", "great acting and a wonderful plot", "a wonderful film", "the acting was great",
             "a great story", "wonderful acting", "a great film", "the plot was wonderful"]
 NEGATIVE = ["a terrible boring film", "the plot was dull", "boring and terrible", "a dull terrible movie",
@@ -487,11 +489,7 @@ def test_the_presets_load_and_follow_the_protocols():
 
 
 def test_the_presets_use_the_few_shot_benchmarks_prompts():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import few_shot_methods
-    finally:
-        sys.path.pop(0)
+    few_shot_methods = import_benchmark("few_shot_methods")
     paper = load_suite("paper")
     for name, prompt in few_shot_methods.PROMPTS.items():
         assert paper.tasks[name].template == prompt.template
