@@ -255,17 +255,22 @@ def run_pending(keys: Sequence[str], payload: dict[str, Any], run: Callable[[str
                 name: str, markdown: Callable[[dict[str, Any]], str], merge_file: bool = False) -> None:
     """Run each key not yet in ``payload["runs"]`` (timed into its ``seconds``) and write the
     results after every run, so a killed benchmark loses at most the run in progress.
-    ``merge_file``: first take in runs another process wrote to the same file meanwhile."""
+    ``merge_file``: take in runs another process wrote to the same file meanwhile, before each
+    run (so a run that process finished is not redone) and before each write (so it is kept)."""
+    path = out_dir / f"{name}.json"
+
+    def written() -> dict[str, Any]:
+        return json.loads(path.read_text(encoding="utf-8")).get("runs", {}) if merge_file and path.is_file() else {}
+
     for key in keys:
+        payload["runs"] = {**written(), **payload["runs"]}
         if key in payload["runs"]:
             continue
         log(f"{key} ...")
         started = time.perf_counter()
         result = run(key)
         result["seconds"] = round(time.perf_counter() - started, 1)
-        path = out_dir / f"{name}.json"
-        written = json.loads(path.read_text(encoding="utf-8")).get("runs", {}) if merge_file and path.is_file() else {}
-        payload["runs"] = {**written, **payload["runs"], key: result}
+        payload["runs"] = {**written(), **payload["runs"], key: result}
         payload["machine"]["loadavg_at_end"] = load_average()
         write_results(out_dir, name, payload, markdown(payload))
         log(f"{key}: {json.dumps({k: v for k, v in result.items() if isinstance(v, int | float)})}")

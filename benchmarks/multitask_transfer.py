@@ -392,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_transfer(key.removeprefix(f"transfer_{SOURCE}_"), args, data, work)
         return run_search(args, data, work)
 
-    common.run_pending(runs, payload, run, args.out_dir, args.name, markdown)
+    common.run_pending(runs, payload, run, args.out_dir, args.name, markdown,
+                       merge_file=True)  # two processes may fill one results file
     return common.publish(args.out_dir, args.name, payload, markdown(payload)) if payload["runs"] else 0
 
 

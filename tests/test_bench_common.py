@@ -1,0 +1,37 @@
+"""benchmarks/_common.py's run loop: two processes filling one results file neither redo nor drop
+each other's runs."""
+
+import json
+
+from .conftest import import_benchmark
+
+
+def test_run_pending_with_merge_skips_and_keeps_runs_another_process_wrote(tmp_path):
+    common = import_benchmark("_common")
+    name, ran = "shared", []
+    other = {"runs": {"b": {"score": 2}}, "machine": {}}
+    (tmp_path / f"{name}.json").write_text(json.dumps(other))  # what the other process wrote so far
+
+    def run(key):
+        ran.append(key)
+        if key == "a":  # meanwhile the other process finishes "c" too
+            other["runs"]["c"] = {"score": 3}
+            (tmp_path / f"{name}.json").write_text(json.dumps(other))
+        return {"score": 1}
+
+    payload = {"runs": {}, "machine": {}}
+    common.run_pending(["a", "b", "c"], payload, run, tmp_path, name, lambda p: "table\n", merge_file=True)
+
+    assert ran == ["a"]
+    written = json.loads((tmp_path / f"{name}.json").read_text())["runs"]
+    assert {k: v["score"] for k, v in written.items()} == {"a": 1, "b": 2, "c": 3}
+
+
+def test_run_pending_without_merge_ignores_the_file(tmp_path):
+    common = import_benchmark("_common")
+    (tmp_path / "alone.json").write_text(json.dumps({"runs": {"b": {"score": 2}}}))
+    ran = []
+    payload = {"runs": {}, "machine": {}}
+    common.run_pending(["a", "b"], payload, lambda k: ran.append(k) or {"score": 1}, tmp_path, "alone",
+                       lambda p: "table\n")
+    assert ran == ["a", "b"]
