@@ -340,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source-epochs", type=int, default=5, help="epochs of the source prompt (5)")
     parser.add_argument("--transfer-epochs", type=int, default=10, help="epochs of each target run (10)")
     parser.add_argument("--budget", default="0.5%", help="the search's trainable-parameter cap (0.5%%)")
-    parser.add_argument("--search-trials", type=int, default=12, help="finished trials of the search (12)")
+    parser.add_argument("--search-trials", type=int, default=12, help="structures the search trains (12)")
     parser.add_argument("--search-epochs", type=int, default=5, help="epochs of each search trial (5)")
     parser.add_argument("--search-methods", nargs="+", default=list(DEFAULT_METHODS),
                         help=f"candidate methods ({' '.join(DEFAULT_METHODS)})")

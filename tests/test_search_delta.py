@@ -14,6 +14,8 @@ from deltaprompt.config import build_config, load_config
 from deltaprompt.delta import make_methods
 from deltaprompt.schema import ConfigError
 from deltaprompt.search.delta_structure import (
+    PROPOSALS_PER_TRIAL,
+    STUDY_NAME,
     ParameterBudget,
     SearchSection,
     TrialRun,
@@ -126,20 +128,35 @@ def test_every_trained_trial_respects_the_parameter_budget(tmp_path, plm):
 
     section = SearchSection(budget_params=cap, trials=8, pruner="none", seed=3)
     result = search_delta_structures(run_config(tmp_path), section, tmp_path / "out", plm=plm, evaluate=counting)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    stored = {t.number: t for t in study.trials}  # what the sampler learns from
 
-    assert len(result.trials) == 8
+    assert len(trained) == 8  # eight structures trained; over-budget proposals came on top, untrained
+    assert len(result.trials) == 8 + sum(t.over_budget or t.duplicate_of is not None for t in result.trials)
     assert all(n <= cap for n in trained.values())
     over = [t for t in result.trials if t.over_budget]
     assert {t.baseline for t in over} >= {"lora", "prefix"}
     for trial in result.trials:
         if trial.over_budget:
             assert trial.state == "pruned" and trial.trainable > cap and "over the budget" in trial.reason
-            assert trial.number not in trained  # counted, never trained
+            assert trial.number not in trained  # recorded, never trained
+            assert stored[trial.number].constraints["trainable_over_cap"] == trial.trainable - cap > 0
         elif trial.state == "complete" and trial.duplicate_of is None:
             assert trial.number in trained and trial.trainable == trained[trial.number] <= cap
     assert {t.baseline for t in result.trials[:5]} == {"lora", "adapter", "bitfit", "prefix", "prompt_tuning"}
     assert result.best is not None and result.best.trainable <= cap
     assert result.cap == cap
+
+
+def test_a_space_all_over_the_budget_stops_with_a_warning(tmp_path, plm):
+    ran: list[int] = []
+    section = SearchSection(methods=["lora"], space={"lora": {"r": [8, 16]}}, budget_params=100, trials=2,
+                            pruner="none", seed=0)
+    with pytest.warns(UserWarning, match="only 0 of 2 structures trained"):
+        result = search_delta_structures(run_config(tmp_path), section, tmp_path / "out", plm=plm,
+                                         evaluate=lambda run: ran.append(run.number) or 0.5)
+    assert ran == [] and result.best is None
+    assert len(result.trials) == 2 * PROPOSALS_PER_TRIAL  # a bounded number of (free) proposals
 
 
 def test_outputs_and_the_chosen_config_run_again(tmp_path, plm):
@@ -153,7 +170,8 @@ def test_outputs_and_the_chosen_config_run_again(tmp_path, plm):
     assert chosen.methods == result.best.methods
     assert [m.name for m in make_methods(chosen.methods)] == [m["method"] for m in result.best.methods]
     saved = json.loads((out / "search.json").read_text())
-    assert saved["best"] == result.best.number and len(saved["trials"]) == 4
+    assert saved["best"] == result.best.number
+    assert sum(not t["over_budget"] and t["duplicate_of"] is None for t in saved["trials"]) == 4  # repeats are free
     assert saved["ranked"][0] == result.best.number
     for trial in result.trials:  # every trial's own config is a run config too
         assert load_config(out / "trials" / f"{trial.number:04d}" / "config.yaml").methods == trial.methods

@@ -20,7 +20,7 @@ DESCRIPTION = (
     "--budget-params is recorded and never trained. The others train as 'deltaprompt train' would (the config's "
     "training section) and are scored on the dev split; Optuna's median pruner stops trials that trail. Each "
     "method alone at its default size runs first as a baseline. The study is stored in OUTPUT/study.db: running "
-    "the command again continues it up to --trials finished trials. Writes search.md/.json (the ranked "
+    "the command again continues it until --trials structures have trained. Writes search.md/.json (the ranked "
     "structures), best.yaml (a run config for 'deltaprompt train'), frontier.png and trials/NNNN/."
 )
 
@@ -32,7 +32,7 @@ def add_search_delta_command(commands: Any) -> None:
     parser.add_argument("--budget-params", help="trainable-parameter cap: a share of the model (0.5%%) or a count "
                         "(12000, 12k, 1.5M)")
     parser.add_argument("--budget-seconds", type=float, help="start no trial after this many seconds")
-    parser.add_argument("--trials", type=int, help="finished trials the study should hold (default 40)")
+    parser.add_argument("--trials", type=int, help="structures to train; over-budget proposals and repeats do not count (default 40)")
     parser.add_argument("--output-dir", help="where the study and report go (default: the config's output_dir)")
     parser.add_argument("--seed", type=int, help="seeds the sampler (default 0)")
     parser.add_argument("--no-baselines", action="store_true", help="do not train the single-method baselines")

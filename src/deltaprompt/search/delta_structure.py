@@ -10,7 +10,9 @@ evaluation the score goes to Optuna's pruner (the median rule by default), which
 that trail the others at the same step.
 
 The study lives in ``OUT/study.db`` (SQLite): running the search again continues it, without
-repeating finished trials, until the study holds ``trials`` finished ones. The cheap baselines,
+repeating finished trials, until ``trials`` structures have trained (an over-budget proposal or
+a repeat of an earlier structure costs no training and does not count; the sampler is told how
+far over the cap a proposal was, so it learns where the budget lies). The cheap baselines,
 each candidate method alone at its default size (LoRA r=8, prompt tuning with 20 tokens,
 BitFit, default adapters...), run first as trials flagged ``baseline``, so the report says
 whether the search beat them. Output: ``search.json`` / ``search.md`` (structures ranked by
@@ -36,6 +38,7 @@ import json
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -73,6 +76,9 @@ LORA_LAYERS = ("all", "top-half", "bottom-half")
 PSEUDO_OPTIONS = {"lora": {"modules": "qv", "layers": "all"}}
 STUDY_NAME = "delta-structure"
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+# Proposals the sampler may make per trial still to train: over-budget and repeated structures
+# cost nothing, but a space that is nearly all over the budget must not loop for ever.
+PROPOSALS_PER_TRIAL = 10
 _LAYER = re.compile(r"^(?P<stack>.+?)\.(?P<index>\d+)\.(?P<rest>.+)$")  # the first numbered block in a name
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 
@@ -136,8 +142,9 @@ class SearchSection:
     method, option -> list of values, over ``DEFAULT_SPACE`` (any option of the method's
     config; LoRA also takes ``modules``: qv, attention, all, and ``layers``: all, top-half,
     bottom-half). ``budget_params``: the trainable-parameter cap; ``budget_seconds``: no trial
-    starts after this many seconds of this run. ``trials``: finished trials the study should
-    hold (over-budget ones count: they cost no training). ``pruner``: median (stop trials whose
+    starts after this many seconds of this run. ``trials``: structures to train (complete,
+    stopped by the pruner or failed; over-budget proposals and repeats do not count, up to
+    ``PROPOSALS_PER_TRIAL`` proposals per trial). ``pruner``: median (stop trials whose
     dev score trails the median at the same step) or none. ``baselines``: run each method alone
     at its default size first. ``save_models``: keep every trained trial's classifier."""
 
@@ -694,6 +701,8 @@ def search_delta_structures(
         count = count_parameters(classifier.model)
         trial.set_user_attr("trainable", count.trainable)
         trial.set_user_attr("percent", round(100 * count.trainable / total, 6))
+        if cap is not None:  # > 0: infeasible; TPE ranks infeasible trials by how far over they are
+            trial.set_constraint("trainable_over_cap", count.trainable - cap)
         if cap is not None and count.trainable > cap:
             reason = f"over the budget: {count.trainable:,} trainable parameters > {cap:,}"
             trial.set_user_attr("over_budget", True)
@@ -729,11 +738,22 @@ def search_delta_structures(
         if on_trial is not None:
             on_trial(StructureTrial.from_frozen(frozen))
 
-    finished = sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
-    remaining = section.trials - finished
+    def trained() -> int:
+        return sum(_trained(t) for t in study.get_trials(deepcopy=False))
+
+    def stop_when_enough(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        if trained() >= section.trials:
+            study.stop()
+
+    remaining = section.trials - trained()
     if remaining > 0:
-        study.optimize(objective, n_trials=remaining, timeout=section.budget_seconds,
-                       catch=(ValueError, RuntimeError), callbacks=[notify])
+        proposals = remaining * PROPOSALS_PER_TRIAL
+        study.optimize(objective, n_trials=proposals, timeout=section.budget_seconds,
+                       catch=(ValueError, RuntimeError), callbacks=[notify, stop_when_enough])
+        if trained() < section.trials and time.perf_counter() - started < (section.budget_seconds or math.inf):
+            warnings.warn(f"only {trained()} of {section.trials} structures trained: the other proposals of the "
+                          f"last {proposals} were over the budget or repeats; raise budget_params or widen the space",
+                          stacklevel=2)
     result = DeltaSearch(
         model=str(config.model.name), metric=training.metric, train_size=len(data.train), dev_size=len(data.dev),
         total_parameters=total, budget=str(budget) if budget else None, cap=cap,
@@ -787,6 +807,12 @@ def _enqueue_baselines(study: optuna.Study, section: SearchSection) -> None:
     for name, params in baseline_params(section).items():
         if name not in have:
             study.enqueue_trial(params, user_attrs={"baseline": name})
+
+
+def _trained(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a finished trial trained a structure (not over the budget, not a repeat)."""
+    return (trial.state.name in FINISHED and not trial.user_attrs.get("over_budget")
+            and trial.user_attrs.get("duplicate_of") is None)
 
 
 def _same_structure(study: optuna.Study, methods: list[dict[str, Any]],
