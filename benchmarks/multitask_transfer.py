@@ -200,6 +200,7 @@ def run_transfer(target: str, args: argparse.Namespace, data: Data, work: Path) 
 def run_search(args: argparse.Namespace, data: Data, work: Path) -> dict[str, Any]:
     """The structure search on SST-2; the best structure and the best baseline on the test sample."""
     from deltaprompt import load
+    from deltaprompt.ab import mcnemar
     from deltaprompt.config import build_config
     from deltaprompt.search.delta_structure import SearchSection, copy_plm, search_delta_structures
 
@@ -228,6 +229,8 @@ def run_search(args: argparse.Namespace, data: Data, work: Path) -> dict[str, An
     result = search_delta_structures(config, section, folder, plm=plm, on_trial=show)
     test = data.test(SOURCE, args.test_limit)
 
+    right: dict[int, list[bool]] = {}  # per scored trial, test example right or wrong
+
     def entry(trial: Any) -> dict[str, Any] | None:
         if trial is None:
             return None
@@ -235,20 +238,27 @@ def run_search(args: argparse.Namespace, data: Data, work: Path) -> dict[str, An
                "percent": trial.percent, "dev": round(trial.score, 4), "seconds": trial.seconds}
         model = folder / "trials" / f"{trial.number:04d}" / "model"
         if model.is_dir():
-            out["test"] = score(load(model, plm=copy_plm(plm)).evaluate(test))
+            evaluation = load(model, plm=copy_plm(plm)).evaluate(test)
+            out["test"] = score(evaluation)
+            right[trial.number] = [g == p for g, p in zip(evaluation.gold, evaluation.predictions, strict=True)]
         return out
 
     baselines = [{"method": t.baseline, "state": t.state, "trainable": t.trainable,
                   "dev": None if t.score is None else round(t.score, 4), "reason": t.reason}
                  for t in result.trials if t.baseline]
     over = sum(t.over_budget for t in result.trials)
+    best, best_baseline = entry(result.best), entry(result.best_baseline)
+    paired = None  # is the test difference between the two real?
+    if best and best_baseline and best["trial"] != best_baseline["trial"] and len(right) == 2:
+        paired = mcnemar(right[best_baseline["trial"]], right[best["trial"]]).to_dict()
     return {
         "budget": result.budget, "cap": result.cap, "total_parameters": result.total_parameters,
         "train": result.train_size, "dev": result.dev_size, "n_test": len(test), "trials": len(result.trials),
         "complete": sum(t.state == "complete" for t in result.trials), "over_budget": over,
         "stopped_early": sum(t.state == "pruned" for t in result.trials) - over,
         "failed": sum(t.state == "fail" for t in result.trials),
-        "best": entry(result.best), "best_baseline": entry(result.best_baseline), "baselines": baselines,
+        "trained": sum(not t.over_budget and t.duplicate_of is None for t in result.trials),
+        "best": best, "best_baseline": best_baseline, "test_mcnemar": paired, "baselines": baselines,
         "verdict": result.verdict(), "report": str(folder / "search.md"),
     }
 
@@ -299,7 +309,7 @@ def markdown(payload: dict[str, Any]) -> str:
     for key, r in search.items():
         lines.append(f"## Delta-structure search ({key.removeprefix('search_')}, K = {settings['k']}, budget "
                      f"{r['budget']} = {r['cap']:,} parameters)\n\n"
-                     f"{r['trials']} trials: {r['complete']} complete, {r['over_budget']} over the budget (not "
+                     f"{r['trials']} trials ({r.get('trained', '?')} trained): {r['complete']} complete, {r['over_budget']} over the budget (not "
                      f"trained), {r['stopped_early']} stopped by the pruner, {r['failed']} failed. Dev accuracy on "
                      f"{r['dev']} examples; test on {r['n_test']}.\n")
         rows = [[name, f"`{e['structure']}`", f"{e['trainable']:,}", f"{e['percent']:.3f}", f"{e['dev']:.3f}",
@@ -308,6 +318,11 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append(common.markdown_table(["", "structure", "trainable", "% of model", "dev", "test accuracy",
                                             "test macro-F1"], rows))
         lines.append(f"Verdict (dev): {r['verdict']}.\n")
+        test = r.get("test_mcnemar")
+        if test:
+            lines.append(f"On the test sample, best structure minus best baseline: {test['difference']:+.3f} accuracy "
+                         f"({test['name']}, p = {test['p_value']:.3g}; {test['c']} examples only the structure got "
+                         f"right, {test['b']} only the baseline).\n")
     lines.append(f"- Settings: {settings}.")
     lines.append(f"- Machine: {common.machine_line(payload['machine'])}.")
     return "\n".join(lines) + "\n"

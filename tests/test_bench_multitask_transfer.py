@@ -107,3 +107,14 @@ def test_resume_keeps_recorded_rows_and_refuses_other_settings(bench, model_dir,
         run(bench, model_dir, data_dir, tmp_path, "--runs", "loo_mr", "--resume", "--mix-steps", "5")
     with pytest.raises(SystemExit):
         run(bench, model_dir, data_dir, tmp_path, "--runs", "loo_sst5")  # not held out by these options
+
+
+def test_search_row_tests_the_best_structure_against_the_best_baseline_on_test(bench, model_dir, data_dir, tmp_path):
+    assert run(bench, model_dir, data_dir, tmp_path, "--runs", "search_sst2", "--search-trials", "5") == 0
+    row = results(tmp_path)["runs"]["search_sst2"]
+    assert row["trained"] == 5 and row["trials"] >= 5
+    best, baseline, test = row["best"], row["best_baseline"], row["test_mcnemar"]
+    assert best["trial"] != baseline["trial"]  # with these seeds the search found another structure
+    assert test["n"] == row["n_test"] and test["b"] + test["c"] <= test["n"]
+    assert test["difference"] == pytest.approx(best["test"]["accuracy"] - baseline["test"]["accuracy"], abs=1e-4)
+    assert "best structure minus best baseline" in (tmp_path / "results" / "multitask_transfer.md").read_text()
