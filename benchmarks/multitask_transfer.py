@@ -309,8 +309,9 @@ def markdown(payload: dict[str, Any]) -> str:
     for key, r in search.items():
         lines.append(f"## Delta-structure search ({key.removeprefix('search_')}, K = {settings['k']}, budget "
                      f"{r['budget']} = {r['cap']:,} parameters)\n\n"
-                     f"{r['trials']} trials ({r.get('trained', '?')} trained): {r['complete']} complete, {r['over_budget']} over the budget (not "
-                     f"trained), {r['stopped_early']} stopped by the pruner, {r['failed']} failed. Dev accuracy on "
+                     f"{r['trials']} proposals: {r['trained']} structures trained, {r['over_budget']} over the budget "
+                     f"(not trained), {r['trials'] - r['trained'] - r['over_budget']} repeats of a trained structure "
+                     "(its outcome reused). Dev accuracy on "
                      f"{r['dev']} examples; test on {r['n_test']}.\n")
         rows = [[name, f"`{e['structure']}`", f"{e['trainable']:,}", f"{e['percent']:.3f}", f"{e['dev']:.3f}",
                  cell(e.get("test")), cell(e.get("test"), "macro_f1")]

@@ -146,6 +146,10 @@ def test_every_trained_trial_respects_the_parameter_budget(tmp_path, plm):
     assert {t.baseline for t in result.trials[:5]} == {"lora", "adapter", "bitfit", "prefix", "prompt_tuning"}
     assert result.best is not None and result.best.trainable <= cap
     assert result.cap == cap
+    first_over = sum(t.over_budget and t.duplicate_of is None for t in result.trials)
+    repeats = sum(t.duplicate_of is not None for t in result.trials)
+    assert (f"{len(result.trials)} trials: 8 structures trained (8 complete, 0 stopped early by the pruner, 0 failed), "
+            f"{first_over} over budget (not trained), {repeats} repeats") in result.report()
 
 
 def test_a_space_all_over_the_budget_stops_with_a_warning(tmp_path, plm):

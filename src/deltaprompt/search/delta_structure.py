@@ -515,8 +515,9 @@ class DeltaSearch:
 
     def report(self, top: int | None = None) -> str:
         """Markdown: the ranked table, the verdict, and what was not trained and why."""
-        counts = {s: sum(t.state == s for t in self.trials) for s in ("complete", "pruned", "fail")}
-        over = sum(t.over_budget for t in self.trials)
+        first = [t for t in self.trials if t.duplicate_of is None]  # a repeat reuses an earlier outcome
+        over = sum(t.over_budget for t in first)
+        counts = {s: sum(t.state == s and not t.over_budget for t in first) for s in ("complete", "pruned", "fail")}
         budget = "none" if self.cap is None else f"{self.cap:,} trainable parameters"
         if self.budget is not None and self.budget.endswith("%"):
             budget = f"{self.budget} of the model = {budget}"
@@ -525,8 +526,9 @@ class DeltaSearch:
             f"Model {self.model} ({human(self.total_parameters)} parameters); {self.metric} on {self.dev_size} dev "
             f"examples after training on {self.train_size}. Parameter budget: {budget}"
             + (f"; time budget {self.budget_seconds:g} s" if self.budget_seconds else "") + ".",
-            f"{len(self.trials)} trials: {counts['complete']} complete, {over} over budget (not trained), "
-            f"{counts['pruned'] - over} stopped early by the pruner, {counts['fail']} failed.", "",
+            f"{len(self.trials)} trials: {sum(counts.values())} structures trained ({counts['complete']} complete, "
+            f"{counts['pruned']} stopped early by the pruner, {counts['fail']} failed), {over} over budget (not "
+            f"trained), {len(self.trials) - len(first)} repeats of an earlier structure (its outcome reused).", "",
             f"| rank | dev {self.metric} | trainable | % of model | seconds | structure |",
             "|---:|---:|---:|---:|---:|:---|",
         ]
