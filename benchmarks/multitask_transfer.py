@@ -178,14 +178,28 @@ def run_transfer(target: str, args: argparse.Namespace, data: Data, work: Path) 
     source, info = source_prompt(args, data, work, plm)
     prompt, test = PROMPTS[target], data.test(target, args.test_limit)
     options = {"epochs": args.transfer_epochs, "batch_size": 8, "progress": False}
+    # Each (seed, init) row is kept in the work folder as it ends, so --resume loses at most one.
+    saved = work / f"transfer_{SOURCE}_{target}" / "rows.jsonl"
+    made_with = json.dumps({k: getattr(args, k) for k in SETTING_KEYS}, sort_keys=True)
+    settings_file = saved.with_name("settings.json")
+    if not settings_file.is_file() or settings_file.read_text() != made_with:  # rows of other settings: drop
+        saved.unlink(missing_ok=True)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        settings_file.write_text(made_with)
+    done = {(r["seed"], r["init"]): r for r in map(json.loads, saved.read_text().splitlines())} if saved.is_file() else {}
     rows = []
     for seed in args.seeds:
         train, dev = data.few_shot(target, args.k, seed, dev=args.k)
-        for row in compare_initialisations(plm, train, dev, test, prompt.template, prompt.label_words, source,
-                                           num_tokens=args.num_tokens, inits=INITS, seeds=[seed],
-                                           train_options=options, batch_size=args.batch_size):
-            rows.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-            common.log(f"  {target} seed {seed} {row['init']}: accuracy {row['accuracy']:.4f}")
+        for init in INITS:
+            if (seed, init) not in done:
+                (row,) = compare_initialisations(plm, train, dev, test, prompt.template, prompt.label_words, source,
+                                                 num_tokens=args.num_tokens, inits=[init], seeds=[seed],
+                                                 train_options=options, batch_size=args.batch_size)
+                done[seed, init] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+                with saved.open("a", encoding="utf-8") as out:
+                    out.write(json.dumps(done[seed, init]) + "\n")
+                common.log(f"  {target} seed {seed} {init}: accuracy {row['accuracy']:.4f}")
+            rows.append(done[seed, init])
     summary = {entry.pop("init"): {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}
                for entry in summarise(rows)}
     return {

@@ -98,6 +98,25 @@ def test_search_row_compares_the_best_structure_with_the_best_baseline(bench, mo
     assert "best baseline" in (tmp_path / "results" / "multitask_transfer.md").read_text()
 
 
+def test_transfer_resumes_from_the_rows_it_kept(bench, model_dir, data_dir, tmp_path):
+    assert run(bench, model_dir, data_dir, tmp_path, "--runs", "transfer_sst2_mr") == 0
+    kept = tmp_path / "work" / "transfer_sst2_mr" / "rows.jsonl"
+    rows = [json.loads(line) for line in kept.read_text().splitlines()]
+    assert [(r["seed"], r["init"]) for r in rows] == [(s, i) for s in (1, 2) for i in bench.INITS]
+    # as if killed after four rows, one of them marked so a re-run would show
+    rows[0]["accuracy"] = 0.123
+    kept.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    (tmp_path / "results" / "multitask_transfer.json").unlink()
+    assert run(bench, model_dir, data_dir, tmp_path, "--runs", "transfer_sst2_mr", "--resume") == 0
+    again = results(tmp_path)["runs"]["transfer_sst2_mr"]["runs"]
+    assert again[0]["accuracy"] == 0.123 and again[1:4] == rows[1:4]  # kept, not trained again
+    assert len(again) == 6 and len(kept.read_text().splitlines()) == 6
+    # other settings: the kept rows are dropped, not mixed in
+    assert run(bench, model_dir, data_dir, tmp_path, "--runs", "transfer_sst2_mr", "--resume", "--name", "other",
+               "--transfer-epochs", "2") == 0
+    assert all(r["accuracy"] != 0.123 for r in map(json.loads, kept.read_text().splitlines()))
+
+
 def test_resume_keeps_recorded_rows_and_refuses_other_settings(bench, model_dir, data_dir, tmp_path):
     assert run(bench, model_dir, data_dir, tmp_path, "--runs", "loo_mr") == 0
     before = results(tmp_path)["runs"]
