@@ -271,7 +271,7 @@ def run_search(args: argparse.Namespace, data: Data, work: Path) -> dict[str, An
         "complete": sum(t.state == "complete" for t in result.trials), "over_budget": over,
         "stopped_early": sum(t.state == "pruned" for t in result.trials) - over,
         "failed": sum(t.state == "fail" for t in result.trials),
-        "trained": sum(not t.over_budget and t.duplicate_of is None for t in result.trials),
+        "trained": sum(t.trained for t in result.trials),
         "best": best, "best_baseline": best_baseline, "test_mcnemar": paired, "baselines": baselines,
         "verdict": result.verdict(), "report": str(folder / "search.md"),
     }

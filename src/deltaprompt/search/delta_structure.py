@@ -426,6 +426,11 @@ class StructureTrial:
     duplicate_of: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def trained(self) -> bool:
+        """Whether this trial trained its structure (what ``SearchSection.trials`` counts)."""
+        return not self.over_budget and self.duplicate_of is None
+
     @classmethod
     def from_frozen(cls, trial: optuna.trial.FrozenTrial) -> StructureTrial:
         attrs = trial.user_attrs
