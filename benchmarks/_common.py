@@ -67,6 +67,68 @@ def load_model(name: str) -> tuple[Any, float]:
     return plm, time.perf_counter() - start
 
 
+MODEL_CONFIGS = ("roberta-base", "roberta-large", "llama-1b")
+
+
+def build_plm(model_config: str | None, device: str) -> Any:
+    """The real SmolLM2 (``model_config`` None), or a randomly initialised model of a known
+    shape built from a transformers config: speed and memory do not depend on the weights, and
+    no larger pretrained model can be had offline."""
+    import torch
+
+    from deltaprompt import load_plm
+    from deltaprompt.plm import PLM, resolve
+
+    if model_config is None:
+        return load_plm(SST2_MODEL, device=device)
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+    )
+
+    if model_config.startswith("roberta"):
+        # MiniLM's WordPiece tokenizer (uncased BERT vocabulary) stands in for RoBERTa's BPE:
+        # its ids fit RoBERTa's 50,265-row table and it has a mask token.
+        tokenizer = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+        size = {} if model_config == "roberta-base" else {
+            "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
+        }
+        config = RobertaConfig(pad_token_id=tokenizer.pad_token_id, **size)
+        model_class: Any = RobertaForMaskedLM
+    elif model_config == "llama-1b":
+        tokenizer = AutoTokenizer.from_pretrained(resolve(SST2_MODEL))  # SmolLM2's Llama-style BPE
+        config = LlamaConfig(  # the shape of Llama 3.2 1B
+            vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+            num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+            rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5,
+        )
+        model_class = LlamaForCausalLM
+    else:
+        raise ValueError(f"unknown model config {model_config!r}; choose from {', '.join(MODEL_CONFIGS)}")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = model_class(config)
+    model.eval()
+    return PLM.from_model(model, tokenizer, name=f"config:{model_config}")
+
+
+def model_available(model_config: str | None) -> str | None:
+    """None when the model (or the tokenizer a config needs) can be loaded, else why not."""
+    from deltaprompt.plm import resolve
+
+    alias = "minilm-l6" if model_config and model_config.startswith("roberta") else SST2_MODEL
+    try:
+        folder = Path(resolve(alias))
+    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
+        return str(exc)
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    return None
+
+
 def log(message: str) -> None:
     print(message, flush=True)
 
@@ -201,6 +263,7 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "tokenizers": tokenizers_version,
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "git_commit": git_commit(),
         "git_modified_files": git_modified(),
         "loadavg_at_start": load_average(),
@@ -210,7 +273,8 @@ def machine_info() -> dict[str, Any]:
 
 def machine_line(info: dict[str, Any]) -> str:
     return (
-        f"{info['cpu_model']}, {info['cpus_usable']} usable CPUs (of {info['cpu_count']}), "
+        (f"{info['cuda_device']}, " if info.get("cuda_device") else "")
+        + f"{info['cpu_model']}, {info['cpus_usable']} usable CPUs (of {info['cpu_count']}), "
         f"torch {info['torch']} with {info['torch_threads']} threads, transformers "
         f"{info['transformers']}, Python {info['python']}, commit {info['git_commit'] or 'n/a'}, "
         f"{info['date_utc']}, load average at start {info.get('loadavg_at_start')}"

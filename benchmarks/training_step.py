@@ -53,69 +53,6 @@ CLASSES = common.SST2_CLASSES
 BATCH = 8
 RUNS = common.METHOD_RUNS
 ROW_NAMES = common.METHOD_ROW_NAMES
-MODEL_CONFIGS = ("roberta-base", "roberta-large", "llama-1b")
-
-
-# ----------------------------------------------------------------------------- model building
-
-def build_plm(model_config: str | None, device: str) -> Any:
-    """The real SmolLM2 (``model_config`` None), or a randomly initialised model of a known
-    shape built from a transformers config (speed does not depend on the weights)."""
-    import torch
-
-    from deltaprompt import load_plm
-    from deltaprompt.plm import PLM, resolve
-
-    if model_config is None:
-        return load_plm(MODEL, device=device)
-    from transformers import (
-        AutoTokenizer,
-        LlamaConfig,
-        LlamaForCausalLM,
-        RobertaConfig,
-        RobertaForMaskedLM,
-    )
-
-    if model_config.startswith("roberta"):
-        # MiniLM's WordPiece tokenizer (uncased BERT vocabulary) stands in for RoBERTa's BPE:
-        # its ids fit RoBERTa's 50,265-row table and it has a mask token.
-        tokenizer = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
-        size = {} if model_config == "roberta-base" else {
-            "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
-        }
-        config = RobertaConfig(pad_token_id=tokenizer.pad_token_id, **size)
-        model_class: Any = RobertaForMaskedLM
-    elif model_config == "llama-1b":
-        tokenizer = AutoTokenizer.from_pretrained(resolve(MODEL))  # SmolLM2's Llama-style BPE
-        config = LlamaConfig(  # the shape of Llama 3.2 1B
-            vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-            num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
-            rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5,
-        )
-        model_class = LlamaForCausalLM
-    else:
-        raise ValueError(f"unknown model config {model_config!r}; choose from {', '.join(MODEL_CONFIGS)}")
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = model_class(config)
-    model.eval()
-    return PLM.from_model(model, tokenizer, name=f"config:{model_config}")
-
-
-def model_available(model_config: str | None) -> str | None:
-    """None when the model (or the tokenizer a config needs) can be loaded, else why not."""
-    from deltaprompt.plm import resolve
-
-    alias = "minilm-l6" if model_config and model_config.startswith("roberta") else MODEL
-    try:
-        folder = Path(resolve(alias))
-    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
-        return str(exc)
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    return None
-
-
 # ----------------------------------------------------------------------------- memory
 
 class PeakMemory:
@@ -291,7 +228,7 @@ def run_method(args: argparse.Namespace, key: str, kind: str, spec: dict[str, An
     memory = PeakMemory()
     cuda = args.device.startswith("cuda")
     start = time.perf_counter()
-    plm = build_plm(args.model_config, args.device)
+    plm = common.build_plm(args.model_config, args.device)
     touch_weights(plm.model)
     load_s = time.perf_counter() - start
     gc.collect()
@@ -346,8 +283,8 @@ def run_lora_vs_plain(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     examples = fixed_batch(args.data_dir)
-    ours_plm = build_plm(args.model_config, args.device)
-    plain_plm = build_plm(args.model_config, args.device)  # its own copy: LoRA goes in in place
+    ours_plm = common.build_plm(args.model_config, args.device)
+    plain_plm = common.build_plm(args.model_config, args.device)  # its own copy: LoRA goes in in place
     family = ours_plm.family
     if family not in ("causal", "masked"):
         raise ValueError(f"the plain PEFT loop is written for causal and masked LMs, not {family}")
@@ -674,7 +611,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=[key for key, _, _ in RUNS],
                         choices=[key for key, _, _ in RUNS], help="rows to measure (default: all)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--model-config", choices=MODEL_CONFIGS, default=None,
+    parser.add_argument("--model-config", choices=common.MODEL_CONFIGS, default=None,
                         help="a randomly initialised model of this shape instead of SmolLM2-135M")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in the workers")
@@ -712,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(args)
     args.data_dir = args.data_dir or common.default_data_dir()
     common.require_task(args.data_dir, "sst2")
-    missing = model_available(args.model_config)
+    missing = common.model_available(args.model_config)
     if missing:
         print(f"model not available: {missing}\nNothing was measured and no results were written.")
         return 0

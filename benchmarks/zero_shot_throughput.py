@@ -1,4 +1,4 @@
-"""Zero-shot inference throughput on CPU: PromptClassifier vs plain transformers.
+"""Zero-shot inference throughput: PromptClassifier vs plain transformers.
 
 SmolLM2-135M classifies SST-2 test sentences with the prompt "Review: {text}\\nSentiment:"
 and the label words " negative" / " positive", three ways, on the same examples, with the
@@ -18,6 +18,10 @@ ours against both baselines (targets: >= 1.2x vs longest, >= 5x vs 512).
     .venv/bin/python benchmarks/zero_shot_throughput.py                  # first 256 test sentences
     .venv/bin/python benchmarks/zero_shot_throughput.py --limit-512 64   # quicker 512 baseline
     .venv/bin/python benchmarks/zero_shot_throughput.py --full-ours      # + ours on all 1,821
+    .venv/bin/python benchmarks/zero_shot_throughput.py --device cuda --model-config llama-1b
+
+``--model-config`` builds a model of a known shape with random weights instead (speed only: its
+accuracy means nothing, the agreement between the methods still checks them).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class PlainTransformers:
             batch_start = time.perf_counter()
             options = {"max_length": max_length} if padding == "max_length" else {}
             enc = self.tokenizer(texts[i : i + size], padding=padding, return_tensors="pt", **options)
+            enc = enc.to(self.model.device)
             with torch.inference_mode():
                 logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
                 scores = logits[:, -1, self.word_ids].float()
@@ -122,7 +127,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = common.machine_info()
     common.log(f"machine: {common.machine_line(machine)}")
 
-    plm, load_s = common.load_model(MODEL)
+    if args.model_config is None and args.device == "cpu":
+        plm, load_s = common.load_model(MODEL)
+    else:
+        start = time.perf_counter()
+        plm = common.build_plm(args.model_config, args.device)
+        load_s = time.perf_counter() - start
     model, tokenizer = plm.model, plm.tokenizer
     model.eval()
     common.log(f"  loaded in {load_s:.1f} s ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M "
@@ -244,7 +254,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings.update(data_dir=str(data_dir), limit_512_effective=len(subset))
     return {
         "benchmark": "zero_shot_throughput",
-        "model": MODEL,
+        "model": args.model_config or MODEL,
+        "device": args.device,
         "template": TEMPLATE,
         "plain_prompt": PLAIN_PROMPT,
         "label_word_ids": dict(zip(CLASSES, word_ids, strict=True)),
@@ -293,7 +304,10 @@ def render_markdown(payload: dict[str, Any]) -> str:
         f"{r['longest']['examples_per_s_median']:.1f}, pad-to-{s['max_length']} "
         f"{r['max_length']['examples_per_s_median']:.2f}.",
         f"Same examples for all three (the first {r['ours']['examples']:,} sentences of SST-2 "
-        f"{s['split']}), batch size {s['batch_size']}, the same {payload['model']} model object, CPU.",
+        f"{s['split']}), batch size {s['batch_size']}, the same {payload['model']} model object, "
+        f"{payload.get('device', 'cpu')}."
+        + (" Random weights: the accuracy means nothing, the agreement checks the methods."
+           if s.get("model_config") else ""),
         f"Token ids fed to the model are identical for ours and the plain prompt string in "
         f"{payload['identical_token_ids']['identical']}/{payload['identical_token_ids']['examples']} "
         f"examples; largest |P(positive) difference| vs ours: longest "
@@ -318,7 +332,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
     notes.append(f"Model load: {payload['model_load_s']:.1f} s (not included). Machine: "
                  f"{common.machine_line(payload['machine'])}.")
     return (
-        f"### Zero-shot throughput ({payload['model']}, SST-2 {s['split']}, CPU)\n\n"
+        f"### Zero-shot throughput ({payload['model']}, SST-2 {s['split']}, {payload.get('device', 'cpu')})\n\n"
         f"{table}\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     )
 
@@ -342,6 +356,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats-full", type=int, default=1, help="timed runs of --full-ours (default 1)")
     parser.add_argument("--warmup", type=int, default=8, help="examples in each method's untimed warm-up batch")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--model-config", choices=common.MODEL_CONFIGS, default=None,
+                        help="a randomly initialised model of this shape instead of SmolLM2-135M (speed only)")
     parser.add_argument("--target-longest", type=float, default=1.2)
     parser.add_argument("--target-512", type=float, default=5.0)
     parser.add_argument("--output-dir", type=Path, default=common.RESULTS_DIR)
@@ -354,12 +371,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--limit must be >= 0")
     if args.limit_512 is not None and args.limit_512 < 1:
         parser.error("--limit-512 must be positive")
+    if not (args.device == "cpu" or args.device.startswith("cuda")):
+        parser.error("--device must be cpu or cuda[:N]")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.require_task(args.data_dir or common.default_data_dir(), "sst2")
+    missing = common.model_available(args.model_config)
+    if missing:
+        print(f"model not available: {missing}\nNothing was measured and no results were written.")
+        return 0
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--device cuda, but torch sees no CUDA device. Nothing was measured.")
+            return 0
     payload = run(args)
     return common.publish(args.output_dir, args.name, payload, render_markdown(payload))
 
