@@ -308,15 +308,15 @@ class Trainer:
                             with accelerator.autocast():
                                 extra = auxiliary(model, state["epoch"] * len(loader) + state["batches"])
                             loss = loss + extra.float()
-                        self._check_finite(accelerator, loss, state)
                         accelerator.backward(loss)
+                        loss_value = self._checked_loss(accelerator, loss, state)
                         if accelerator.sync_gradients and config.max_grad_norm is not None:
                             accelerator.clip_grad_norm_(wrapped.parameters(), config.max_grad_norm)
                         optimizer.step()
                         scheduler.step()
                         optimizer.zero_grad()
                     state["batches"] += 1
-                    state["loss_sum"] += float(loss.detach())
+                    state["loss_sum"] += loss_value
                     state["loss_count"] += 1
                     if not accelerator.sync_gradients:
                         continue
@@ -375,14 +375,19 @@ class Trainer:
         return out
 
     @staticmethod
-    def _check_finite(accelerator: Accelerator, loss: torch.Tensor, state: dict[str, Any]) -> None:
-        losses = accelerator.gather(loss.detach().float().reshape(1))
-        if not torch.isfinite(losses).all():
+    def _checked_loss(accelerator: Accelerator, loss: torch.Tensor, state: dict[str, Any]) -> float:
+        """This process's loss as a float, read once per step: the one wait for the GPU comes
+        after backward is queued and before the optimiser moves a weight. Every process sees every
+        loss, so all of them stop together when one diverges."""
+        losses = accelerator.gather(loss.detach().float().reshape(1)).tolist()
+        bad = [value for value in losses if not math.isfinite(value)]
+        if bad:
             raise TrainingDiverged(
-                f"the loss became {float(losses[~torch.isfinite(losses)][0])} at step {state['step'] + 1} "
+                f"the loss became {bad[0]} at step {state['step'] + 1} "
                 f"(epoch {state['epoch']}, batch {state['batches']}); lower the learning rate, use "
                 "fp32/bf16 instead of fp16, or check the data. Nothing after the last checkpoint was kept."
             )
+        return losses[accelerator.process_index]
 
     # -- evaluation
     def _evaluate(self, model: TaskModel, features: Sequence[Any], labels: Sequence[Any],
