@@ -564,13 +564,14 @@ def render_markdown(payload: dict[str, Any]) -> str:
          "Memory: peak RSS (VmHWM, reset after loading) over the RSS after loading the model and reading its "
          "weights once")
         + f", during building the classifier and a first fit of {s['memory_steps']} steps, in a fresh process; "
-        "median over processes. It includes gradients, AdamW's two moments, activations and the allocator's "
-        "slack (glibc keeps freed memory).",
+        "median over processes. It includes gradients, AdamW's two moments, activations"
+        + (" (live tensors: blocks PyTorch's allocator keeps cached are not counted)." if cuda else
+           " and the allocator's slack (glibc keeps freed memory)."),
         "Methods at their configs' defaults (P-Tuning with 20 prepended encoded tokens): "
         + "; ".join(f"{r['key']}: {json.dumps(r['spec'])}" for r in payload["methods"]) + ".",
-        f"Timings are noisy: the machine was shared with other jobs (load average at start "
-        f"{payload['machine'].get('loadavg_at_start')}, at end {payload['machine'].get('loadavg_at_end')}); medians "
-        "of interleaved runs are reported, every run is in the JSON.",
+        f"Timings are noisy ({'short GPU steps: launch overhead and clocks vary' if cuda else 'other jobs share the CPU'}; "
+        f"load average at start {payload['machine'].get('loadavg_at_start')}, at end "
+        f"{payload['machine'].get('loadavg_at_end')}); medians of interleaved runs are reported, every run is in the JSON.",
         f"Machine: {common.machine_line(payload['machine'])}; total wall time {payload['wall_s']:.0f} s.",
     ]
     text = (f"### Training step per method ({payload['model']}, {s['device']}, batch of {BATCH})\n\n"
