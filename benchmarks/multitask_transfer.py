@@ -319,6 +319,16 @@ def markdown(payload: dict[str, Any]) -> str:
                          f"{r['transfer_minus_random']:+.3f}", f"{r['transfer_minus_text']:+.3f}", r["seconds"]])
         lines.append(common.markdown_table(["transfer", "test", *INITS, "transfer − random", "transfer − text",
                                             "seconds"], rows))
+        # Three seeds make a mean ± std; the seed-by-seed rows show whether a gain is consistent.
+        seed_rows = []
+        for r in transfer.values():
+            by_seed: dict[int, dict[str, float]] = {}
+            for row in r["runs"]:
+                by_seed.setdefault(row["seed"], {})[row["init"]] = row["accuracy"]
+            for seed, scores in sorted(by_seed.items()):
+                seed_rows.append([f"{r['source']['task']} → {r['target']}", seed,
+                                  *[f"{scores[i]:.3f}" if i in scores else "-" for i in INITS]])
+        lines.append("Accuracy per seed:\n\n" + common.markdown_table(["transfer", "seed", *INITS], seed_rows))
     search = {k: r for k, r in runs.items() if k.startswith("search_")}
     for key, r in search.items():
         lines.append(f"## Delta-structure search ({key.removeprefix('search_')}, K = {settings['k']}, budget "
