@@ -129,6 +129,20 @@ def model_available(model_config: str | None) -> str | None:
     return None
 
 
+def cannot_run(model_config: str | None, device: str) -> str | None:
+    """Why a benchmark on this model and device cannot run here (model, tokenizer or CUDA
+    missing), or None: the script then exits cleanly instead of failing half-way."""
+    missing = model_available(model_config)
+    if missing:
+        return f"model not available: {missing}"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return "--device cuda, but torch sees no CUDA device"
+    return None
+
+
 def log(message: str) -> None:
     print(message, flush=True)
 

