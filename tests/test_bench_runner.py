@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import types
@@ -333,6 +334,93 @@ def test_a_run_another_process_finished_meanwhile_is_not_run_again(monkeypatch, 
     monkeypatch.setattr(runner_module, "execute_run", meanwhile)
     result = runner.run()
     assert ran == [first.id] and result.executed == [first.id] and second.id in result.cached
+
+
+def _two_zero_shot_runs(model_dir, data_dir, out: Path) -> SuiteRunner:
+    suite = suite_dict(model_dir, data_dir, tasks={"senti": suite_dict(model_dir, data_dir)["tasks"]["senti"]},
+                       methods={"zero_shot": {"kind": "zero_shot"}, "calibrated": {"kind": "zero_shot", "calibrate": True}})
+    return SuiteRunner(load_suite(suite), out, progress=False, log=lambda m: None)
+
+
+def _write_claim(path: Path, pid: int, host: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": pid, "host": host, "since": 0.0}))
+
+
+def test_a_run_another_live_process_claimed_is_left_to_it_and_shown_as_running(tmp_path, model_dir, data_dir):
+    out = tmp_path / "results"
+    runner = _two_zero_shot_runs(model_dir, data_dir, out)
+    first, second = runner.runs
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        _write_claim(runner.claim_path(first), other.pid, socket.gethostname())
+        _write_claim(runner.claim_path(second), 1, "another-machine")  # cannot be checked: respected
+        listing = runner.describe_plan()
+        assert f"running (process {other.pid} on {socket.gethostname()})" in listing
+        assert "running (process 1 on another-machine)" in listing
+        result = runner.run()
+    finally:
+        other.kill()
+        other.wait()
+    assert result.executed == [] and result.claimed == [first.id, second.id]
+    assert not runner.record_path(first).exists() and not runner.record_path(second).exists()
+    assert json.loads(runner.claim_path(first).read_text())["pid"] == other.pid  # not removed: not ours
+
+
+def test_bench_says_how_many_runs_it_left_to_another_process(tmp_path, model_dir, data_dir, capsys):
+    path = write_suite(tmp_path, suite_dict(model_dir, data_dir))
+    out = tmp_path / "results"
+    arguments = ["bench", str(path), "--out", str(out), "--only-tasks", "senti", "--only-methods", "zero_shot"]
+    (run,) = SuiteRunner(load_suite(path), out, only_tasks=["senti"], only_methods=["zero_shot"]).runs
+    _write_claim(out / "runs" / f"{run.id}.claim", 1, "another-machine")
+    assert main(arguments) == 0
+    assert "0 run(s) ran (0 failed, 0 unavailable), 0 cached, 1 left to another process" in capsys.readouterr().out
+    (out / "runs" / f"{run.id}.claim").unlink()  # that process is gone: its owner removes the claim
+    assert main(arguments) == 0
+    assert "1 run(s) ran" in capsys.readouterr().out and (out / "runs" / f"{run.id}.json").exists()
+
+
+def test_a_claim_left_by_a_dead_process_is_taken_over_and_a_finished_run_leaves_no_claim(
+        monkeypatch, tmp_path, model_dir, data_dir):
+    out = tmp_path / "results"
+    runner = _two_zero_shot_runs(model_dir, data_dir, out)
+    first, second = runner.runs
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _write_claim(runner.claim_path(first), gone.pid, socket.gethostname())  # a killed process's claim
+    assert "running" not in runner.describe_plan()
+    real = runner_module.execute_run
+    holders = {}
+
+    def watched(run, context):  # while a run goes, its claim names this process
+        holders[run.id] = json.loads(runner.claim_path(run).read_text())
+        return real(run, context)
+
+    monkeypatch.setattr(runner_module, "execute_run", watched)
+    result = runner.run()
+    assert result.executed == [first.id, second.id] and result.claimed == []
+    assert all(h["pid"] == os.getpid() and h["host"] == socket.gethostname() for h in holders.values())
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted([f"{first.id}.json", f"{second.id}.json"])
+
+
+def _claim_all(folder: str, names: list[str], ready, go) -> list[str]:
+    ready.wait()
+    go.wait()
+    return [name for name in names if runner_module.take_claim(Path(folder) / name) is None]
+
+
+def test_two_processes_claiming_the_same_runs_never_both_get_one(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    names = [f"run{i}.claim" for i in range(200)]
+    with context.Manager() as manager, context.Pool(2) as pool:
+        ready, go = manager.Barrier(2), manager.Event()
+        pending = [pool.apply_async(_claim_all, (str(tmp_path), names, ready, go)) for _ in range(2)]
+        go.set()
+        won = [p.get(timeout=120) for p in pending]
+    assert not set(won[0]) & set(won[1])  # claimed by both: the run would have run twice
+    assert sorted(won[0] + won[1]) == sorted(names)  # each run claimed by one of them
 
 
 def test_a_killed_suite_resumes_without_redoing_finished_runs(monkeypatch, tmp_path, model_dir, data_dir):

@@ -820,7 +820,9 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     result = runner.run()
     print(f"{len(result.executed)} run(s) ran ({len(result.failed)} failed, {len(result.unavailable)} unavailable), "
-          f"{len(result.cached)} cached; results in {args.out}")
+          f"{len(result.cached)} cached"
+          + (f", {len(result.claimed)} left to another process" if result.claimed else "")
+          + f"; results in {args.out}")
     return 1 if result.failed else 0
 
 

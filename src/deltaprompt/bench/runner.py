@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -700,6 +701,72 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+# A run in progress is claimed by a file beside its record (``runs/<id>.claim``): two
+# processes on one results folder (the documented way to use two cores) then never run the
+# same run twice. A claim whose process is gone (killed) is taken over.
+CLAIM_SUFFIX = ".claim"
+UNREADABLE_CLAIM_GRACE_S = 60.0  # a claim file is written right after it is created
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":
+        return True  # os.kill would terminate it there: trust the claim
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_claim(path: Path) -> dict[str, Any] | None:
+    """The claim at ``path`` when a live process holds it, else None (no claim, or a stale one)."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    holder = read_record(path)
+    if holder is None:  # being written now, or left half-written by a crash
+        return {"pid": None, "host": None} if age < UNREADABLE_CLAIM_GRACE_S else None
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        return holder if _process_alive(holder["pid"]) else None
+    return holder  # another machine's process: it cannot be checked from here
+
+
+def take_claim(path: Path) -> dict[str, Any] | None:
+    """Claim a run for this process. None when it is ours now, else the live claim holding it."""
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = live_claim(path)
+            if holder is not None:
+                return holder
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # stale: its process is gone
+            continue
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(mine) + "\n")
+        return None
+    return live_claim(path) or {"pid": None, "host": None}
+
+
+def release_claim(path: Path) -> None:
+    """Remove this process's claim (never another's)."""
+    holder = read_record(path)
+    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def describe_claim(holder: dict[str, Any]) -> str:
+    if holder.get("pid") is None:
+        return "another process"
+    return f"process {holder['pid']} on {holder.get('host')}"
+
+
 @dataclass
 class PlannedRun:
     run: Run
@@ -715,6 +782,7 @@ class SuiteResult:
     cached: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
+    claimed: list[str] = field(default_factory=list)  # left to the other process running them
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -754,6 +822,9 @@ class SuiteRunner:
     def record_path(self, run: Run) -> Path:
         return self.out_dir / RUNS / f"{run.id}.json"
 
+    def claim_path(self, run: Run) -> Path:
+        return self.out_dir / RUNS / f"{run.id}{CLAIM_SUFFIX}"
+
     def plan(self) -> list[PlannedRun]:
         """Every run with its recorded status and whether ``run`` would run it."""
         planned = []
@@ -774,7 +845,10 @@ class SuiteRunner:
                  f"{len(planned) - todo} cached, {todo} to run -> {self.out_dir}"]
         width = max((len(p.run.label) for p in planned), default=0)
         for p in planned:
-            if p.will_run:
+            holder = live_claim(self.claim_path(p.run)) if p.will_run else None
+            if holder is not None:
+                state = f"running ({describe_claim(holder)})"
+            elif p.will_run:
                 state = "to run" if p.status is None else f"to run ({p.status} before)"
             else:
                 state = f"cached ({p.status})" if p.status != FAILED else "failed (rerun with --retry-failed)"
@@ -826,14 +900,26 @@ class SuiteRunner:
         try:
             for run in todo:
                 bar.set_postfix_str(run.label)
-                done = read_record(self.record_path(run))  # another process on the same folder may have run it
-                if done is not None and not self._will_run(done.get("status")):
-                    result.cached.append(run.id)
+                claim = self.claim_path(run)
+                claim.parent.mkdir(parents=True, exist_ok=True)
+                holder = take_claim(claim)
+                if holder is not None:
+                    result.claimed.append(run.id)
+                    self.log(f"{run.label}: skipped, {describe_claim(holder)} is running it")
                     bar.update()
                     continue
-                record = execute_run(run, context)
-                with atomic_write(self.record_path(run)) as handle:
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                try:
+                    # Read after claiming: another process on the same folder may have finished it.
+                    done = read_record(self.record_path(run))
+                    if done is not None and not self._will_run(done.get("status")):
+                        result.cached.append(run.id)
+                        bar.update()
+                        continue
+                    record = execute_run(run, context)
+                    with atomic_write(self.record_path(run)) as handle:
+                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                finally:
+                    release_claim(claim)
                 result.executed.append(run.id)
                 result.records[run.id] = record
                 self.log(self.describe_record(run, record))
@@ -845,6 +931,9 @@ class SuiteRunner:
         finally:
             gc.unfreeze()
             bar.close()
+        if result.claimed:
+            self.log(f"{len(result.claimed)} run(s) left to the process(es) running them; run again after "
+                     f"they end to catch any they did not finish (a claim is under {self.out_dir / RUNS})")
         if result.failed:
             self.log(f"{len(result.failed)} run(s) FAILED (records under {self.out_dir / RUNS}); "
                      "fix the cause and run again with --retry-failed")
