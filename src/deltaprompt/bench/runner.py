@@ -889,6 +889,7 @@ class SuiteRunner:
         todo = [p.run for p in planned if p.will_run]
         result.cached = [p.run.id for p in planned if not p.will_run]
         self.write_suite()
+        (self.out_dir / RUNS).mkdir(exist_ok=True)  # where the claims and records go
         self.log(f"suite {self.suite.name}: {len(planned)} runs, {len(result.cached)} cached, {len(todo)} to run")
         context = RunContext(self.suite, self.device)
         bar = tqdm(total=len(todo), desc=f"bench {self.suite.name}", unit="run",
@@ -901,7 +902,6 @@ class SuiteRunner:
             for run in todo:
                 bar.set_postfix_str(run.label)
                 claim = self.claim_path(run)
-                claim.parent.mkdir(parents=True, exist_ok=True)
                 holder = take_claim(claim)
                 if holder is not None:
                     result.claimed.append(run.id)
