@@ -313,11 +313,15 @@ def test_a_second_invocation_runs_nothing_and_a_changed_option_reruns_only_its_m
     assert {p.name: p.read_bytes() for p in (out / "runs").glob("*.json") if p.name in before} == before
 
 
-def test_a_run_another_process_finished_meanwhile_is_not_run_again(monkeypatch, tmp_path, model_dir, data_dir):
+def _two_zero_shot_runs(model_dir, data_dir, out: Path) -> SuiteRunner:
     suite = suite_dict(model_dir, data_dir, tasks={"senti": suite_dict(model_dir, data_dir)["tasks"]["senti"]},
                        methods={"zero_shot": {"kind": "zero_shot"}, "calibrated": {"kind": "zero_shot", "calibrate": True}})
+    return SuiteRunner(load_suite(suite), out, progress=False, log=lambda m: None)
+
+
+def test_a_run_another_process_finished_meanwhile_is_not_run_again(monkeypatch, tmp_path, model_dir, data_dir):
     out = tmp_path / "results"
-    runner = SuiteRunner(load_suite(suite), out, progress=False, log=lambda m: None)
+    runner = _two_zero_shot_runs(model_dir, data_dir, out)
     first, second = runner.runs
     real = runner_module.execute_run
     ran = []
@@ -334,12 +338,6 @@ def test_a_run_another_process_finished_meanwhile_is_not_run_again(monkeypatch, 
     monkeypatch.setattr(runner_module, "execute_run", meanwhile)
     result = runner.run()
     assert ran == [first.id] and result.executed == [first.id] and second.id in result.cached
-
-
-def _two_zero_shot_runs(model_dir, data_dir, out: Path) -> SuiteRunner:
-    suite = suite_dict(model_dir, data_dir, tasks={"senti": suite_dict(model_dir, data_dir)["tasks"]["senti"]},
-                       methods={"zero_shot": {"kind": "zero_shot"}, "calibrated": {"kind": "zero_shot", "calibrate": True}})
-    return SuiteRunner(load_suite(suite), out, progress=False, log=lambda m: None)
 
 
 def _write_claim(path: Path, pid: int, host: str) -> None:
