@@ -734,22 +734,52 @@ def live_claim(path: Path) -> dict[str, Any] | None:
     return holder  # another machine's process: it cannot be checked from here
 
 
+@contextlib.contextmanager
+def _takeover_lock(folder: Path):
+    """Serialise takeovers of stale claims across processes on this machine.
+
+    Without it two processes that both judged a claim stale could each remove it, the second
+    removing the first's new claim, and both would run the run. ``flock`` is released by the
+    OS when its holder dies, so a killed process never leaves the folder locked; the lock is
+    on the folder itself, so no lock file is left beside the records.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: claims are never judged stale there (see _process_alive)
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def _create_claim(path: Path) -> bool:
+    """Create the claim file if there is none (atomic: O_EXCL); True when this process made it."""
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(mine) + "\n")
+    return True
+
+
 def take_claim(path: Path) -> dict[str, Any] | None:
     """Claim a run for this process. None when it is ours now, else the live claim holding it."""
-    mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-    for _ in range(2):
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = live_claim(path)
-            if holder is not None:
-                return holder
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # stale: its process is gone
-            continue
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(mine) + "\n")
+    if _create_claim(path):
         return None
+    with _takeover_lock(path.parent):
+        holder = live_claim(path)  # judged again under the lock: another process may have taken it over
+        if holder is not None:
+            return holder
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # stale: its process is gone
+        if _create_claim(path):
+            return None
     return live_claim(path) or {"pid": None, "host": None}
 
 
