@@ -334,7 +334,9 @@ def run_pending(keys: Sequence[str], payload: dict[str, Any], run: Callable[[str
     """Run each key not yet in ``payload["runs"]`` (timed into its ``seconds``) and write the
     results after every run, so a killed benchmark loses at most the run in progress.
     ``merge_file``: take in runs another process wrote to the same file meanwhile, before each
-    run (so a run that process finished is not redone) and before each write (so it is kept)."""
+    run (so a run that process finished is not redone) and before each write (so it is kept).
+    The file's ``machine`` block is its last writer's, so each run also records the commit,
+    threads and time of the process that ran it (``ran_by``)."""
     path = out_dir / f"{name}.json"
 
     def written() -> dict[str, Any]:
@@ -348,6 +350,9 @@ def run_pending(keys: Sequence[str], payload: dict[str, Any], run: Callable[[str
         started = time.perf_counter()
         result = run(key)
         result["seconds"] = round(time.perf_counter() - started, 1)
+        machine = payload["machine"]
+        result["ran_by"] = {key: machine.get(key) for key in ("git_commit", "git_modified_files", "torch_threads")}
+        result["ran_by"]["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         payload["runs"] = {**written(), **payload["runs"], key: result}
         payload["machine"]["loadavg_at_end"] = load_average()
         write_results(out_dir, name, payload, markdown(payload))

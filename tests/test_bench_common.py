@@ -19,12 +19,15 @@ def test_run_pending_with_merge_skips_and_keeps_runs_another_process_wrote(tmp_p
             (tmp_path / f"{name}.json").write_text(json.dumps(other))
         return {"score": 1}
 
-    payload = {"runs": {}, "machine": {}}
+    payload = {"runs": {}, "machine": {"git_commit": "abc1234", "torch_threads": 1}}
     common.run_pending(["a", "b", "c"], payload, run, tmp_path, name, lambda p: "table\n", merge_file=True)
 
     assert ran == ["a"]
     written = json.loads((tmp_path / f"{name}.json").read_text())["runs"]
     assert {k: v["score"] for k, v in written.items()} == {"a": 1, "b": 2, "c": 3}
+    # the machine block is this process's; the run says which commit and threads produced it
+    assert written["a"]["ran_by"]["git_commit"] == "abc1234" and written["a"]["ran_by"]["torch_threads"] == 1
+    assert "ran_by" not in written["b"]  # the other process's run is kept as it wrote it
 
 
 def test_run_pending_without_merge_ignores_the_file(tmp_path):
