@@ -351,7 +351,7 @@ def run_pending(keys: Sequence[str], payload: dict[str, Any], run: Callable[[str
         result = run(key)
         result["seconds"] = round(time.perf_counter() - started, 1)
         machine = payload["machine"]
-        result["ran_by"] = {key: machine.get(key) for key in ("git_commit", "git_modified_files", "torch_threads")}
+        result["ran_by"] = {field: machine.get(field) for field in ("git_commit", "git_modified_files", "torch_threads")}
         result["ran_by"]["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         payload["runs"] = {**written(), **payload["runs"], key: result}
         payload["machine"]["loadavg_at_end"] = load_average()
