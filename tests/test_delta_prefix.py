@@ -30,6 +30,7 @@ from deltaprompt import Example, PromptModel, Verbalizer
 from deltaprompt.delta import make_method
 from deltaprompt.delta.prefix.layer import PrefixKV
 from deltaprompt.head import HeadModel
+from deltaprompt.kv_cache import CACHE_ARGUMENT, get_cache
 from deltaprompt.plm import PLM
 from deltaprompt.schema import ConfigError
 from deltaprompt.scoring import causal_word_scores
@@ -161,7 +162,7 @@ def test_a_masked_lm_whose_layers_ignore_the_cache_is_refused(roberta_tokenizer)
                               pad_token_id=roberta_tokenizer.pad_token_id)
     plm = PLM.from_model(DistilBertForMaskedLM(config).eval(), roberta_tokenizer)
     assert plm.family == "masked"
-    with pytest.raises(NotImplementedError, match="ignores past_key_values"):
+    with pytest.raises(NotImplementedError, match="ignores its cache argument"):
         build(plm)
 
 
@@ -182,7 +183,7 @@ def test_causal_prefix_equals_real_tokens_in_front_including_multi_token_words(k
     assert max(len(ids) for ids in model.label_words.token_ids) >= 3
     front = token_ids(plm, "the acting was wonderful and", P)
     with torch.no_grad():
-        cache = plm.model(input_ids=torch.tensor([front]), use_cache=True).past_key_values
+        cache = get_cache(plm.model(input_ids=torch.tensor([front]), use_cache=True))
     load_prefix(model.prefix["decoder"], [(layer.keys, layer.values) for layer in cache.layers])
     batch = model.collate(model.encode(EXAMPLES))  # left-padded, three lengths
     with torch.no_grad():
@@ -220,7 +221,7 @@ def test_masked_prefix_equals_real_tokens_in_front_of_a_one_layer_encoder(kind, 
     front = token_ids(plm, "the acting was wonderful and", P)
     cache = DynamicCache()
     with torch.no_grad():
-        hf(input_ids=torch.tensor([front]), past_key_values=cache)
+        hf(input_ids=torch.tensor([front]), **{CACHE_ARGUMENT: cache})
     load_prefix(model.prefix["encoder"], [(layer.keys, layer.values) for layer in cache.layers])
     batch = model.collate(model.encode(EXAMPLES))
     with torch.no_grad():
@@ -362,7 +363,7 @@ def test_text_init_starts_from_the_models_own_keys_and_values(kind, request):
     ids = token_ids(plm, text, P)
     cache = DynamicCache()
     with torch.no_grad():
-        plm.model(input_ids=torch.tensor([ids]), past_key_values=cache)
+        plm.model(input_ids=torch.tensor([ids]), **{CACHE_ARGUMENT: cache})
     for layer, (keys, values) in zip(cache.layers, model.prefix[next(iter(model.prefix))](1), strict=True):
         torch.testing.assert_close(keys, layer.keys)
         torch.testing.assert_close(values, layer.values)

@@ -56,6 +56,7 @@ from . import artifacts
 from .classifier import Classifier, _resolve_plm
 from .data import Example, as_examples
 from .delta import MethodSpec, make_methods
+from .kv_cache import get_cache, put_cache
 from .model import Batch, SoftPrompt, TaskModel, seeded, soft_table
 from .plm import PLM, Family
 from .scoring import head_inputs
@@ -453,11 +454,11 @@ class GenerationModel(TaskModel):
         def prepare(input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None,
                     **kwargs: Any) -> dict[str, Any]:
             inputs = original(input_ids, inputs_embeds=inputs_embeds, **kwargs)
-            cache = inputs.get("past_key_values")
+            cache = get_cache(inputs)
             first = cache is None or cache.get_seq_length() == 0
             out = self.transform_inputs(inputs, {})
             if not first:
-                out["past_key_values"] = cache
+                put_cache(out, cache)
             return out
 
         model.prepare_inputs_for_generation = prepare

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from . import artifacts
 from .classifier import CONTENT_FREE, Classifier, _resolve_plm
 from .data import Example, as_examples
+from .kv_cache import get_cache, put_cache
 from .model import Batch, PromptModel
 from .plm import PLM, Family, _quiet_transformers, resolve
 from .scoring import trunk
@@ -399,7 +400,7 @@ class SharedPrefix:
                     output = trunk(self.model)(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
             finally:
                 self.model.train(was_training)
-            self._cache, self._key = output.past_key_values, key
+            self._cache, self._key = get_cache(output), key
         cache = copy.deepcopy(self._cache)
         cache.batch_repeat_interleave(batch_size)
         return cache
@@ -407,7 +408,7 @@ class SharedPrefix:
 
 class SharedPrefixInputs:
     """Input transform for batches of query-only rows: the cached demonstrations as
-    ``past_key_values``, the attention mask widened to cover them (left padding then sits
+    the cache, the attention mask widened to cover them (left padding then sits
     between them and the query, masked), the query's positions moved past them."""
 
     def __init__(self, prefix: SharedPrefix):
@@ -419,7 +420,7 @@ class SharedPrefixInputs:
         out = dict(inputs)
         mask = out["attention_mask"]
         count = len(self.prefix)
-        out["past_key_values"] = self.prefix.cache_for(mask.size(0), mask.device)
+        put_cache(out, self.prefix.cache_for(mask.size(0), mask.device))
         out["attention_mask"] = torch.cat([mask.new_ones(mask.size(0), count), mask], 1)
         out["position_ids"] = out["position_ids"] + count
         return out

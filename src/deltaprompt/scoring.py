@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from .kv_cache import CACHE_ARGUMENT, get_cache
 from .verbalizer import LabelWords
 
 
@@ -207,7 +208,7 @@ def causal_word_scores(
     chunks = _chunks(multi, mask.size(0), chunk_rows)
     extra = []
     for n, chunk in enumerate(chunks):
-        cache = output.past_key_values
+        cache = get_cache(output)
         if n < len(chunks) - 1:
             cache = copy.deepcopy(cache)  # the pass below extends and reorders it in place
         extra.append(_causal_continuation(model, cache, mask, [words.token_ids[i] for i in chunk], efficient))
@@ -226,7 +227,7 @@ def _causal_continuation(model, cache, prefix_mask, word_ids, efficient) -> torc
         "input_ids": feed.repeat(batch, 1).to(device),
         "attention_mask": attention,
         "position_ids": start + torch.arange(steps, device=device),
-        "past_key_values": cache,
+        CACHE_ARGUMENT: cache,
         "use_cache": True,
     }
     rows, where = _unique_rows(target[valid].tolist())

@@ -3,8 +3,8 @@
 All three hand each self-attention layer a cache that already holds the prefix, so the layer's
 own ``cache.update`` puts the prefix keys/values before the sequence's, exactly as PEFT does:
 
-- ``PrefixInputs``: an input transform adding ``past_key_values`` (BERT and RoBERTa pass a
-  cache to every layer even as encoders; decoder LMs of course do);
+- ``PrefixInputs``: an input transform adding the cache (BERT and RoBERTa pass a cache to
+  every layer even as encoders; decoder LMs of course do);
 - ``DecoderPrefixHook``: a pre-hook on an encoder-decoder's decoder stack (the scoring code
   builds the decoder call itself, so an input transform cannot reach it);
 - ``EncoderPrefixHooks``: for a stack that drops the cache (T5's encoder), a cache made per pass
@@ -16,7 +16,6 @@ copies them along with the modules they refer to.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import Cache, DynamicCache, EncoderDecoderCache, PreTrainedModel
+
+from ...kv_cache import cache_argument, get_cache, put_cache
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -92,7 +93,7 @@ class PrefixCache:
 
 
 class PrefixInputs:
-    """Input transform: the prefix as ``past_key_values``, the attention mask widened by the
+    """Input transform: the prefix as the cache, the attention mask widened by the
     prefix (always visible, also to left-padded rows), explicit positions moved past it (as
     PEFT does, and as models do by themselves from the cache length when none are given)."""
 
@@ -104,7 +105,7 @@ class PrefixInputs:
         out = dict(inputs)
         states = _first(out.get("input_ids"), out.get("inputs_embeds"))
         batch_size = states.size(0)
-        out["past_key_values"] = self.cache(batch_size)
+        put_cache(out, self.cache(batch_size))
         mask = out.get("attention_mask")
         if mask is not None:
             out["attention_mask"] = torch.cat([mask.new_ones(batch_size, self.count), mask], 1)
@@ -123,7 +124,7 @@ class DecoderPrefixHook:
         self.model = model
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
-        cache = kwargs.get("past_key_values")
+        cache = get_cache(kwargs)
         if cache is not None and cache.get_seq_length() > 0:
             return None
         states = _first(kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args[:1])
@@ -133,7 +134,7 @@ class DecoderPrefixHook:
         own = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
         for layer, (keys, values) in enumerate(self.prefix(batch_size, self.model.dtype)):
             own.update(keys, values, layer)
-        kwargs["past_key_values"] = cache
+        put_cache(kwargs, cache, cache_argument(module) or "past_key_values")
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             count = self.prefix.num_virtual_tokens
@@ -169,7 +170,7 @@ class EncoderPrefixHooks:
         if self.cache is None or kwargs.get("key_value_states") is not None:
             return None
         count = self.cache.get_seq_length(module.layer_idx)
-        kwargs["past_key_values"] = self.cache
+        put_cache(kwargs, self.cache, cache_argument(module) or "past_key_values")
         for name in ("mask", "attention_mask"):
             if kwargs.get(name) is not None:
                 kwargs[name] = pad_key_mask(kwargs[name], count)
@@ -195,13 +196,7 @@ def cache_attention_modules(stack: nn.Module) -> list[nn.Module]:
     called: the innermost modules that know their layer index and take a cache."""
     found = []
     for module in stack.modules():
-        if not isinstance(getattr(module, "layer_idx", None), int):
-            continue
-        try:
-            parameters = inspect.signature(module.forward).parameters
-        except (TypeError, ValueError):
-            continue
-        if "past_key_values" in parameters:
+        if isinstance(getattr(module, "layer_idx", None), int) and cache_argument(module):
             found.append(module)
     ids = {id(m) for m in found}
     return [m for m in found if not any(id(c) in ids for c in m.modules() if c is not m)]

@@ -4,8 +4,8 @@ Every self-attention layer sees ``num_virtual_tokens`` trained key/value pairs b
 sequence's own. The pairs come from PEFT's ``PrefixEncoder`` and reach each layer through the
 model's own cache (``cache.update`` puts them in front), so no attention code is rewritten:
 
-- Masked LMs (BERT, RoBERTa): in transformers 5 (checked on 5.23), ``BertModel`` and
-  ``RobertaModel`` hand ``past_key_values`` to every self-attention layer even as encoders,
+- Masked LMs (BERT, RoBERTa): in transformers 5 (checked on 5.23, 5.24 and 5.25), ``BertModel`` and
+  ``RobertaModel`` hand their cache to every self-attention layer even as encoders,
   accept an attention mask covering prefix + sequence, and start positions after the cache (as
   in P-Tuning v2's original code). So an input transform serves, as for decoder LMs. Masked
   LMs whose layers ignore the cache (DistilBERT, ALBERT, DeBERTa-v2 in 5.23) are detected when
@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
+from ...kv_cache import CACHE_ARGUMENT
 from ..base import DeltaMethod
 from .config import PrefixConfig
 from .layer import (
@@ -120,7 +121,7 @@ class PrefixTuning(DeltaMethod):
                 device = next(model.parameters()).device
                 ids_tensor = torch.tensor([ids], device=device)
                 cache = DynamicCache()  # filled in place, by decoder and (BERT-style) encoder layers
-                model(input_ids=ids_tensor, attention_mask=torch.ones_like(ids_tensor), past_key_values=cache)
+                model(input_ids=ids_tensor, attention_mask=torch.ones_like(ids_tensor), **{CACHE_ARGUMENT: cache})
         finally:
             model.train(was_training)
         layers = getattr(cache, "layers", None)
@@ -196,12 +197,12 @@ def _stack_shapes(model: PreTrainedModel) -> list[tuple[int, int]]:
     cache = DynamicCache()
     try:
         with torch.no_grad():
-            model(input_ids=ids, attention_mask=mask, past_key_values=cache)
+            model(input_ids=ids, attention_mask=mask, **{CACHE_ARGUMENT: cache})
     except TypeError as exc:
-        raise NotImplementedError(f"{type(model).__name__} does not take past_key_values: {exc}") from exc
+        raise NotImplementedError(f"{type(model).__name__} does not take a cache: {exc}") from exc
     if not cache.layers:
         raise NotImplementedError(
-            f"{type(model).__name__} ignores past_key_values (its layers keep no keys/values), "
+            f"{type(model).__name__} ignores its cache argument (its layers keep no keys/values), "
             "so it cannot take prefixes"
         )
     return cache_shapes(cache)
@@ -211,7 +212,7 @@ def _decoder_shapes(model: PreTrainedModel) -> list[tuple[int, int]]:
     ids, mask = _probe_ids(model)
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids, past_key_values=cache)
+        model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids, **{CACHE_ARGUMENT: cache})
     return cache_shapes(cache.self_attention_cache)
 
 
