@@ -23,7 +23,7 @@ from deltaprompt.bench.browser import find_browser, render_dom, screenshot  # no
 from deltaprompt.bench.performance import collect_performance  # noqa: E402
 from deltaprompt.bench.plots import PLOTS, select_run  # noqa: E402
 from deltaprompt.bench.report import build_blocks, evaluate_targets, render_html, write_report  # noqa: E402
-from deltaprompt.bench.stats import load_results  # noqa: E402
+from deltaprompt.bench.stats import load_results, missing_runs  # noqa: E402
 from deltaprompt.metrics import confusion_matrix, macro_f1  # noqa: E402
 
 N = 40
@@ -215,6 +215,29 @@ def test_failed_and_unavailable_runs_are_listed_with_their_reason(built):
     assert failures.count("peft_lora needs the peft package: pip install peft") == 2
     assert "unavailable" in failures and "failed" in failures
     assert "broken.json" in failures and "unreadable" in failures
+
+
+def test_a_declared_seed_without_a_record_is_listed_as_not_run(tmp_path):
+    """A cell with fewer seeds than the suite declares must not read as complete: every
+    missing (task, method, K, seed) is listed, and seedless zero-shot needs one record."""
+    results_dir = write_results(tmp_path / "results")
+    kinds = {"zero_shot": "zero_shot", "zero_shot_calibrated": "zero_shot", "prompt_lora": "prompt",
+             "prompt_tuning": "prompt", "head_finetune": "head", "setfit": "setfit", "peft_lora": "peft_lora"}
+    (results_dir / "suite.json").write_text(json.dumps({
+        "name": "synthetic", "model": "tiny", "seeds": [13, 21, 42],
+        "tasks": {"alpha": {"metric": "accuracy", "k": [16]}, "beta": {"metric": "accuracy", "k": [16]}},
+        "methods": {name: {"kind": kind} for name, kind in kinds.items()},
+    }))
+    expected = {(task, method, 16, 42) for task in ("alpha", "beta") for method in ("prompt_lora", "head_finetune",
+                                                                                 "setfit", "peft_lora")}
+    expected |= {(task, "peft_lora", 16, 21) for task in ("alpha", "beta")}  # seed 13 is 'unavailable'
+    expected |= {("alpha", "prompt_tuning", 16, 21), ("alpha", "prompt_tuning", 16, 42)}  # 13 failed
+    expected |= {("beta", "prompt_tuning", 16, seed) for seed in (13, 21, 42)}
+    assert set(missing_runs(load_results(results_dir))) == expected
+    files = write_report(results_dir, tmp_path / "out", n_resamples=50)
+    markdown = files.markdown.read_text(encoding="utf-8")
+    assert "| not run | alpha | prompt_lora | 16 | 42 |" in markdown
+    assert "| not run | alpha | zero_shot |" not in markdown
 
 
 def test_html_is_self_contained_with_one_inline_png_per_plot(built):

@@ -52,6 +52,7 @@ from .stats import (
     TaskSummary,
     load_results,
     method_average,
+    missing_runs,
     paired_bootstrap,
     summarise,
 )
@@ -351,11 +352,9 @@ def _not_in_table(data: ReportData) -> list[Block]:
                      "an older record of the same task, method, K and seed; the newest one is used", run.id])
     for problem in results.problems:
         rows.append(["unreadable", "", "", "", "", problem.reason, problem.path.name])
-    have = {(run.task, run.method) for run in results.runs}
-    for task in results.declared.get("tasks", []):
-        for method in results.declared.get("methods", []):
-            if (task, method) not in have:
-                rows.append(["not run", task, method, "", "", "declared in suite.yaml, no run record yet", ""])
+    for task, method, k, seed in missing_runs(results):
+        rows.append(["not run", task, method, "" if k is None else str(k), "" if seed is None else str(seed),
+                     "declared in the suite, no run record yet", ""])
     blocks: list[Block] = [Heading("Runs not in the table")]
     if not rows:
         return blocks + [Paragraph("None: every run finished and is in the table.")]

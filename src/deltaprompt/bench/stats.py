@@ -184,6 +184,36 @@ def _declared(directory: Path, suite: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
+def missing_runs(results: Results) -> list[tuple[str, str, int | None, int | None]]:
+    """(task, method, K, seed) of every run the suite declares that has no record, failed or
+    not: a (task, method) cell with fewer seeds than declared must not read as complete.
+    K and seed come from ``suite.json`` (each task's K values, the seeds, each method's kind);
+    without them, and for seedless kinds (zero-shot), one record of the pair is enough and
+    the missing run is reported as (task, method, None, None)."""
+    from .suite import SEEDLESS_KINDS
+
+    suite = results.suite
+    tasks = suite.get("tasks") if isinstance(suite.get("tasks"), dict) else {}
+    methods = suite.get("methods") if isinstance(suite.get("methods"), dict) else {}
+    seeds = suite.get("seeds") if isinstance(suite.get("seeds"), list) else []
+    pairs = {(run.task, run.method) for run in results.runs}
+    cells = {run.cell for run in results.runs}
+    missing: list[tuple[str, str, int | None, int | None]] = []
+    for task in results.declared.get("tasks", []):
+        task_spec = tasks.get(task)
+        k_values = task_spec.get("k") if isinstance(task_spec, dict) else None
+        for method in results.declared.get("methods", []):
+            method_spec = methods.get(method)
+            kind = method_spec.get("kind") if isinstance(method_spec, dict) else None
+            if kind is None or kind in SEEDLESS_KINDS or not k_values or not seeds:
+                if (task, method) not in pairs:
+                    missing.append((task, method, None, None))
+                continue
+            missing += [(task, method, k, seed) for k in k_values for seed in seeds
+                        if (task, method, k, seed) not in cells]
+    return missing
+
+
 def _ordered(declared: Sequence[str], seen: Iterable[str]) -> list[str]:
     seen = list(dict.fromkeys(seen))
     return [name for name in declared if name in seen] + sorted(name for name in seen if name not in declared)
