@@ -31,6 +31,9 @@ def test_the_argument_name_is_read_from_each_modules_signature():
     assert cache_argument(TakesNew()) == "cache"
     assert cache_argument(TakesNone()) is None
     assert CACHE_ARGUMENT in CACHE_NAMES
+    patched = TakesNone()
+    patched.forward = TakesNew().forward  # a forward set on the instance is read, not the class's
+    assert cache_argument(patched) == "cache"
 
 
 @pytest.mark.parametrize("old_name", CACHE_NAMES)

@@ -9,6 +9,7 @@ inputs, so they ask here for the name instead of spelling it, and run on either 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -30,9 +31,22 @@ CACHE_ARGUMENT = _installed_name()
 
 
 def cache_argument(module: nn.Module) -> str | None:
-    """The cache argument ``module.forward`` takes by name, or None when it takes none."""
+    """The cache argument ``module.forward`` takes by name, or None when it takes none. The
+    prefix hooks ask on every attention call, so the answer is kept per class (a forward set
+    on the instance itself is read afresh)."""
+    if "forward" in vars(module):
+        return _argument_of(module.forward)
+    return _class_argument(type(module))
+
+
+@functools.cache
+def _class_argument(cls: type) -> str | None:
+    return _argument_of(cls.forward)
+
+
+def _argument_of(forward: Any) -> str | None:
     try:
-        parameters = inspect.signature(module.forward).parameters
+        parameters = inspect.signature(forward).parameters
     except (TypeError, ValueError):
         return None
     return next((name for name in CACHE_NAMES if name in parameters), None)
